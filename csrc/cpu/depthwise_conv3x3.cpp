@@ -1,0 +1,129 @@
+// CPU backend: picks the layout path and the instruction set, splits the work with at::parallel_for.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+
+#include "cpu/kernels_decl.h"
+#include "depthwise_conv3x3.h"
+
+namespace mesrgan {
+namespace {
+
+bool use_avx2() {
+#ifdef MESRGAN_HAVE_AVX2_KERNELS
+  // MESRGAN_CPU_ISA=base forces the baseline kernels (for testing both paths on one machine).
+  static const bool ok = [] {
+    const char* isa = std::getenv("MESRGAN_CPU_ISA");
+    if (isa && std::string(isa) == "base") return false;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return ok;
+#else
+  return false;
+#endif
+}
+
+#ifdef MESRGAN_HAVE_AVX2_KERNELS
+#define MESRGAN_CPU_CALL(fn, ...) (use_avx2() ? cpu::avx2::fn(__VA_ARGS__) : cpu::base::fn(__VA_ARGS__))
+#else
+#define MESRGAN_CPU_CALL(fn, ...) cpu::base::fn(__VA_ARGS__)
+#endif
+
+// Rows per NCHW work unit: a band is enough work to amortise a task, and small planes stay whole.
+constexpr int64_t kBandRows = 32;
+
+}  // namespace
+
+at::Tensor depthwise_conv3x3_cpu(const at::Tensor& x_in, const at::Tensor& weight_in,
+                                 const c10::optional<at::Tensor>& bias_in, const std::string& activation,
+                                 double negative_slope) {
+  check_forward_args(x_in, weight_in, bias_in, activation, negative_slope);
+  const int act = static_cast<int>(parse_activation(activation));
+  Layout layout;
+  const at::Tensor x = as_kernel_layout(x_in, &layout);
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  at::Tensor y = at::empty_like(x);  // keeps x's (kernel) memory format
+  if (y.numel() == 0) return y;
+  const bool has_bias = bias_in.has_value() && bias_in->defined();
+  const at::Tensor bias = has_bias ? bias_in->contiguous() : at::Tensor();
+
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "depthwise_conv3x3_cpu", [&] {
+    const scalar_t slope = static_cast<scalar_t>(negative_slope);
+    const scalar_t* bp = has_bias ? bias.data_ptr<scalar_t>() : nullptr;
+    if (layout == Layout::NCHW) {
+      const at::Tensor w = weight_in.contiguous();
+      const at::Tensor zeros = at::zeros({W}, x.options());
+      const int64_t bands = (H + kBandRows - 1) / kBandRows;
+      at::parallel_for(0, N * C * bands, 1, [&](int64_t begin, int64_t end) {
+        MESRGAN_CPU_CALL(fwd_nchw<scalar_t>, x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), bp,
+                         y.data_ptr<scalar_t>(), C, H, W, kBandRows, begin, end, act, slope,
+                         zeros.data_ptr<scalar_t>());
+      });
+    } else {
+      // Tap-major weights (9, C) so that the channel loop reads them contiguously.
+      const at::Tensor wt = weight_in.reshape({C, 9}).t().contiguous();
+      at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
+        MESRGAN_CPU_CALL(fwd_nhwc<scalar_t>, x.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(), bp,
+                         y.data_ptr<scalar_t>(), C, H, W, begin, end, act, slope);
+      });
+    }
+  });
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor> depthwise_conv3x3_backward_weight_cpu(const at::Tensor& x_in,
+                                                                         const at::Tensor& grad_out_in,
+                                                                         bool need_bias) {
+  check_backward_weight_args(x_in, grad_out_in);
+  const int64_t N = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
+  // Both operands must share one layout; grad_out decides when they differ (it is the larger stream
+  // in a training step and usually follows the forward output's layout).
+  Layout layout;
+  const at::Tensor g = as_kernel_layout(grad_out_in, &layout);
+  const at::Tensor x = layout == Layout::NHWC ? x_in.contiguous(at::MemoryFormat::ChannelsLast) : x_in.contiguous();
+  const auto dbl = x.options().dtype(at::kDouble);
+  at::Tensor sums;  // (C, 10) in double: taps 0..8, then bias
+
+  if (N * H * W == 0 || C == 0) {
+    sums = at::zeros({C, 10}, dbl);
+  } else if (layout == Layout::NCHW) {
+    at::Tensor per_plane = at::empty({N, C, 10}, dbl);
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "depthwise_conv3x3_backward_weight_cpu", [&] {
+      at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
+        MESRGAN_CPU_CALL(bwdw_nchw<scalar_t>, x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), H, W, begin, end,
+                         per_plane.data_ptr<double>());
+      });
+    });
+    sums = per_plane.sum(0);  // fixed order: deterministic whatever the thread count
+  } else {
+    // Rows are cut into a fixed number of chunks (not one per thread), each with its own partial
+    // sums, so the result does not depend on the thread count.
+    const int64_t rows = N * H;
+    const int64_t chunks = std::min<int64_t>(rows, 64);
+    at::Tensor partial = at::zeros({chunks, 10, C}, dbl);
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "depthwise_conv3x3_backward_weight_cpu", [&] {
+      at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+        std::vector<scalar_t> rowacc(10 * C);
+        for (int64_t k = begin; k < end; ++k) {
+          const int64_t r0 = rows * k / chunks, r1 = rows * (k + 1) / chunks;
+          MESRGAN_CPU_CALL(bwdw_nhwc<scalar_t>, x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), C, H, W, r0, r1,
+                           partial.data_ptr<double>() + k * 10 * C, rowacc.data());
+        }
+      });
+    });
+    sums = partial.sum(0).t();
+  }
+  at::Tensor grad_weight = sums.narrow(1, 0, 9).to(x.scalar_type()).reshape({C, 1, 3, 3}).contiguous();
+  at::Tensor grad_bias = need_bias ? sums.select(1, 9).to(x.scalar_type()).contiguous() : at::empty({0}, x.options());
+  return {grad_weight, grad_bias};
+}
+
+TORCH_LIBRARY_IMPL(mesrgan, CPU, m) {
+  m.impl("depthwise_conv3x3", &depthwise_conv3x3_cpu);
+  m.impl("depthwise_conv3x3_backward_weight", &depthwise_conv3x3_backward_weight_cpu);
+}
+
+}  // namespace mesrgan

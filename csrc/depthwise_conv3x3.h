@@ -1,0 +1,46 @@
+// Shared declarations for the depthwise 3x3 operator (stride 1, padding 1).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+
+#include <cstdint>
+#include <string>
+
+namespace mesrgan {
+
+// Activation fused into the output write of the forward kernels.
+enum class Activation : int { None = 0, ReLU = 1, ReLU6 = 2, LeakyReLU = 3 };
+
+Activation parse_activation(const std::string& name);
+
+// Which of the two kernel layouts a tensor takes; anything else is copied to NCHW first.
+enum class Layout { NCHW, NHWC };
+
+// Checks shared by every backend; raises a c10::Error that names the argument.
+void check_forward_args(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                        const std::string& activation, double negative_slope);
+void check_backward_weight_args(const at::Tensor& x, const at::Tensor& grad_out);
+
+// The layout rule: channels_last when x is NHWC- but not NCHW-contiguous, or, for any other strides,
+// when its channel stride is smaller than its width stride. The output takes the same layout.
+bool prefers_channels_last(const at::Tensor& x);
+
+// Returns x in the layout prefers_channels_last picks (a copy only when x is not already contiguous in it).
+at::Tensor as_kernel_layout(const at::Tensor& x, Layout* layout);
+
+// Backend kernels. weight is (C, 1, 3, 3); bias is (C,) or undefined.
+at::Tensor depthwise_conv3x3_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                                 const std::string& activation, double negative_slope);
+std::tuple<at::Tensor, at::Tensor> depthwise_conv3x3_backward_weight_cpu(const at::Tensor& x,
+                                                                         const at::Tensor& grad_out,
+                                                                         bool need_bias);
+#ifdef MESRGAN_WITH_CUDA
+at::Tensor depthwise_conv3x3_cuda(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                                  const std::string& activation, double negative_slope);
+std::tuple<at::Tensor, at::Tensor> depthwise_conv3x3_backward_weight_cuda(const at::Tensor& x,
+                                                                          const at::Tensor& grad_out,
+                                                                          bool need_bias);
+#endif
+
+}  // namespace mesrgan

@@ -1,0 +1,237 @@
+"""Python face of ``torch.ops.mesrgan.depthwise_conv3x3``: fake kernels, autograd, ``nn.Module``.
+
+The compiled op does the forward (convolution + bias + activation in one pass) and the weight /
+bias reduction. The backward is assembled here from those two ops only, so that every derivative
+of every order runs through compiled kernels:
+
+* grad_input  = depthwise_conv3x3(grad_pre, weight rotated 180°)   (the forward op again)
+* grad_weight, grad_bias = depthwise_conv3x3_backward_weight(x, grad_pre)
+* grad_pre    = grad_output masked by the activation's slope, read from the saved output.
+
+Because the activation's slope is read from the sign of the output, leaky_relu needs
+``negative_slope >= 0``.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import _ext
+
+ACTIVATIONS = ("none", "relu", "relu6", "leaky_relu")
+IMPLS = ("auto", "mesrgan", "torch")
+
+_op = torch.ops.mesrgan.depthwise_conv3x3.default
+_op_bwd_weight = torch.ops.mesrgan.depthwise_conv3x3_backward_weight.default
+
+
+def _check_activation(activation, negative_slope):
+    if not isinstance(activation, str):
+        raise TypeError(f"activation must be a str, one of {ACTIVATIONS}, got {type(activation).__name__}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if not isinstance(negative_slope, (int, float)) or isinstance(negative_slope, bool):
+        raise TypeError(f"negative_slope must be a float, got {type(negative_slope).__name__}")
+    if negative_slope < 0:
+        raise ValueError(f"negative_slope must be >= 0, got {negative_slope}")
+
+
+def _activate(z, activation, negative_slope):
+    if activation == "relu":
+        return F.relu(z)
+    if activation == "relu6":
+        return F.relu6(z)
+    if activation == "leaky_relu":
+        return F.leaky_relu(z, negative_slope)
+    return z
+
+
+def depthwise_conv3x3_reference(x, weight, bias=None, *, activation="none", negative_slope=0.2):
+    """PyTorch's own path: ``F.conv2d(x, weight, bias, padding=1, groups=C)`` then the activation.
+
+    The one reference used by the tests, the benchmarks and ``DepthwiseConv3x3(impl="torch")``.
+    """
+    _check_activation(activation, negative_slope)
+    return _activate(F.conv2d(x, weight, bias, padding=1, groups=x.shape[1]), activation, negative_slope)
+
+
+def depthwise_conv3x3(x, weight, bias=None, *, activation="none", negative_slope=0.2):
+    """Depthwise 3x3 convolution, stride 1, padding 1, with the activation fused into the output write.
+
+    Args:
+        x: ``(N, C, H, W)``; float32/float64 on CPU, float32/float16/bfloat16 on CUDA. NCHW and
+            channels_last inputs each take their own kernel; other strides are copied first.
+        weight: ``(C, 1, 3, 3)``, as ``nn.Conv2d(C, C, 3, padding=1, groups=C)`` stores it.
+        bias: ``(C,)`` or None.
+        activation: ``"none"``, ``"relu"``, ``"relu6"`` or ``"leaky_relu"``.
+        negative_slope: slope of leaky_relu for negative inputs (>= 0).
+
+    Returns:
+        ``(N, C, H, W)`` in x's dtype and memory format (channels_last in, channels_last out).
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+    if bias is not None and not isinstance(bias, torch.Tensor):
+        raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
+    _check_activation(activation, negative_slope)
+    return _op(x, weight, bias, activation, float(negative_slope))
+
+
+def _prefers_channels_last(x):
+    # Mirrors prefers_channels_last() in csrc/depthwise_conv3x3.cpp.
+    nchw = x.is_contiguous()
+    nhwc = x.is_contiguous(memory_format=torch.channels_last)
+    if nchw or nhwc:
+        return nhwc and not nchw
+    return x.stride(1) < x.stride(3)
+
+
+@torch.library.register_fake("mesrgan::depthwise_conv3x3")
+def _fake_forward(x, weight, bias=None, activation="none", negative_slope=0.2):
+    torch._check(x.dim() == 4, lambda: f"depthwise_conv3x3: x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
+    torch._check(tuple(weight.shape) == (x.shape[1], 1, 3, 3),
+                 lambda: f"depthwise_conv3x3: weight must have shape (C, 1, 3, 3), got {tuple(weight.shape)}")
+    fmt = torch.channels_last if _prefers_channels_last(x) else torch.contiguous_format
+    return torch.empty_like(x, memory_format=fmt)
+
+
+@torch.library.register_fake("mesrgan::depthwise_conv3x3_backward_weight")
+def _fake_backward_weight(x, grad_out, need_bias):
+    C = x.shape[1]
+    return x.new_empty((C, 1, 3, 3)), x.new_empty((C,) if need_bias else (0,))
+
+
+def _activation_backward(grad_y, y, activation, negative_slope):
+    """Gradient at the pre-activation, from the saved output y (whose sign matches the input's)."""
+    if activation == "relu":
+        return torch.where(y > 0, grad_y, torch.zeros_like(grad_y))
+    if activation == "relu6":
+        return torch.where((y > 0) & (y < 6), grad_y, torch.zeros_like(grad_y))
+    if activation == "leaky_relu":
+        return torch.where(y > 0, grad_y, grad_y * negative_slope)
+    return grad_y
+
+
+def _setup_forward(ctx, inputs, output):
+    x, weight, bias, activation, negative_slope = inputs
+    ctx.activation = activation
+    ctx.negative_slope = negative_slope
+    ctx.save_for_backward(x, weight, output if activation != "none" else None)
+
+
+def _backward_forward(ctx, grad_y):
+    x, weight, y = ctx.saved_tensors
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    grad_pre = _activation_backward(grad_y, y, ctx.activation, ctx.negative_slope)
+    grad_x = grad_w = grad_b = None
+    if need_x:
+        grad_x = _op(grad_pre, weight.flip((2, 3)), None, "none", 0.0)
+    if need_w:
+        grad_w, grad_b = _op_bwd_weight(x, grad_pre, need_b)
+        if not need_b:
+            grad_b = None
+    elif need_b:
+        grad_b = grad_pre.sum(dim=(0, 2, 3))
+    return grad_x, grad_w, grad_b, None, None
+
+
+torch.library.register_autograd("mesrgan::depthwise_conv3x3", _backward_forward, setup_context=_setup_forward)
+
+
+def _setup_backward_weight(ctx, inputs, output):
+    x, grad_out, need_bias = inputs
+    ctx.need_bias = need_bias
+    ctx.save_for_backward(x, grad_out)
+
+
+def _backward_backward_weight(ctx, gg_weight, gg_bias):
+    # grad_weight[c, i, j] = sum over (n, h, w) of x[n, c, h+i-1, w+j-1] * grad_out[n, c, h, w], so
+    # its derivative in grad_out is the forward op on x with weight gg_weight, and in x the forward op
+    # on grad_out with gg_weight rotated 180°.
+    x, grad_out = ctx.saved_tensors
+    need_x, need_g = ctx.needs_input_grad[:2]
+    grad_x = grad_g = None
+    if gg_weight is not None:
+        if need_x:
+            grad_x = _op(grad_out, gg_weight.flip((2, 3)), None, "none", 0.0)
+        if need_g:
+            grad_g = _op(x, gg_weight, None, "none", 0.0)
+    if need_g and ctx.need_bias and gg_bias is not None and gg_bias.numel() > 0:
+        gb = gg_bias.view(1, -1, 1, 1).expand_as(grad_out)
+        grad_g = gb if grad_g is None else grad_g + gb
+    if need_x and grad_x is None:
+        grad_x = torch.zeros_like(x)
+    if need_g and grad_g is None:
+        grad_g = torch.zeros_like(grad_out)
+    return grad_x, grad_g, None
+
+
+torch.library.register_autograd("mesrgan::depthwise_conv3x3_backward_weight", _backward_backward_weight,
+                                setup_context=_setup_backward_weight)
+
+
+def _has_kernel(x):
+    if x.device.type == "cpu":
+        return x.dtype in (torch.float32, torch.float64)
+    if x.device.type == "cuda":
+        return _ext.WITH_CUDA and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
+    return False
+
+
+class DepthwiseConv3x3(nn.Module):
+    """Depthwise 3x3 convolution (stride 1, padding 1) with an optional fused activation.
+
+    Parameters and state_dict match ``nn.Conv2d(channels, channels, 3, padding=1, groups=channels,
+    bias=bias)``: ``weight`` ``(C, 1, 3, 3)`` and ``bias`` ``(C,)``, with the same initialisation.
+
+    Args:
+        channels: C.
+        bias: learn a per-channel bias.
+        activation: ``"none"``, ``"relu"``, ``"relu6"`` or ``"leaky_relu"``, fused into the op.
+        negative_slope: leaky_relu's slope (>= 0).
+        impl: ``"mesrgan"`` always uses the compiled op (errors where it has no kernel);
+            ``"torch"`` uses ``F.conv2d`` + activation (PyTorch's path, the paper's baseline);
+            ``"auto"`` uses the compiled op where it has a kernel for the input's device and dtype
+            and PyTorch's path elsewhere.
+    """
+
+    def __init__(self, channels, bias=True, activation="none", negative_slope=0.2, impl="auto",
+                 device=None, dtype=None):
+        super().__init__()
+        if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
+            raise ValueError(f"channels must be a positive int, got {channels!r}")
+        _check_activation(activation, negative_slope)
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+        self.channels = channels
+        self.activation = activation
+        self.negative_slope = float(negative_slope)
+        self.impl = impl
+        self.weight = nn.Parameter(torch.empty(channels, 1, 3, 3, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(channels, device=device, dtype=dtype)) if bias else None
+        if not bias:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        # Same as nn.Conv2d: kaiming_uniform(a=sqrt(5)) and a bias uniform in ±1/sqrt(fan_in), fan_in = 9.
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(9)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x):
+        if self.impl == "torch" or (self.impl == "auto" and not _has_kernel(x)):
+            return depthwise_conv3x3_reference(x, self.weight, self.bias, activation=self.activation,
+                                               negative_slope=self.negative_slope)
+        return depthwise_conv3x3(x, self.weight, self.bias, activation=self.activation,
+                                 negative_slope=self.negative_slope)
+
+    def extra_repr(self):
+        s = f"{self.channels}, bias={self.bias is not None}, activation={self.activation!r}"
+        if self.activation == "leaky_relu":
+            s += f", negative_slope={self.negative_slope}"
+        return s + f", impl={self.impl!r}"
