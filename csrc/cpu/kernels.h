@@ -1,87 +1,178 @@
 // CPU inner kernels for depthwise 3x3 (stride 1, padding 1), in plain C++ with no torch headers.
 //
-// This file is compiled twice: once for the baseline ISA (kernels_base.cpp) and once with AVX2+FMA
-// enabled (kernels_avx2.cpp), each time inside its own namespace MESRGAN_CPU_NS, and the dispatcher
-// picks one at run time. Keeping torch's headers out of it keeps AVX2 code out of torch's inline
-// functions (which the linker could otherwise pick for the baseline path).
+// This file is compiled twice: once for the build's baseline ISA (kernels_base.cpp) and once with
+// AVX2+FMA enabled (kernels_avx2.cpp), each time inside its own namespace MESRGAN_CPU_NS; the
+// dispatcher picks one at run time. Keeping torch's headers out keeps AVX2 code out of torch's inline
+// functions, which the linker could otherwise pick for the baseline path.
 //
-// The loops are written so that the compiler vectorises them: NCHW forward works one output row at
-// a time with restrict pointers to three input rows; NHWC works on blocks of channels held in a
-// small accumulator array; the weight gradient uses multi-lane dot products.
+// Vectors are GCC/Clang vector extensions of 32 bytes (8 floats / 4 doubles): one AVX register, or
+// two SSE registers on the baseline path.
+//  * NCHW: each input row is copied once into a zero-padded row buffer (a ring of three), so that
+//    every output vector reads its 9 taps with plain unaligned loads and no edge cases.
+//  * NHWC: vectors run across channels; a block of channels keeps its 9 weight vectors in
+//    registers while it walks along the row.
+//  * Weight gradient: float vector accumulators per tap, flushed into double sums every few rows.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #ifndef MESRGAN_CPU_NS
 #error "define MESRGAN_CPU_NS before including kernels.h"
 #endif
 
-#define MESRGAN_RESTRICT __restrict__
-
 namespace mesrgan {
 namespace cpu {
 namespace MESRGAN_CPU_NS {
 
-// act: 0 none, 1 relu, 2 relu6, 3 leaky_relu (matches mesrgan::Activation). Written with `<` so
-// that a NaN falls through unchanged, as it does in F.relu / F.hardtanh / F.leaky_relu.
 template <typename T>
-static inline void apply_activation(T* MESRGAN_RESTRICT y, int64_t n, int act, T slope) {
+struct Vec;
+template <>
+struct Vec<float> {
+  typedef float type __attribute__((vector_size(32)));
+  static constexpr int L = 8;
+};
+template <>
+struct Vec<double> {
+  typedef double type __attribute__((vector_size(32)));
+  static constexpr int L = 4;
+};
+
+template <typename V, typename T>
+static inline V loadu(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+template <typename V, typename T>
+static inline void storeu(T* p, const V& v) {
+  std::memcpy(p, &v, sizeof(V));
+}
+template <typename V, typename T>
+static inline V splat(T s) {
+  return V{} + s;
+}
+
+// act: 0 none, 1 relu, 2 relu6, 3 leaky_relu (matches mesrgan::Activation). Comparisons are written
+// so that NaN falls through unchanged, as in F.relu / F.relu6 / F.leaky_relu.
+template <typename T, typename V>
+static inline V activate(V v, int act, T slope) {
+  const V zero = V{};
   switch (act) {
     case 1:
-      for (int64_t i = 0; i < n; ++i) y[i] = y[i] < T(0) ? T(0) : y[i];
-      break;
-    case 2:
-      for (int64_t i = 0; i < n; ++i) y[i] = y[i] < T(0) ? T(0) : (y[i] > T(6) ? T(6) : y[i]);
-      break;
+      return v < zero ? zero : v;
+    case 2: {
+      const V six = splat<V>(T(6));
+      v = v < zero ? zero : v;
+      return v > six ? six : v;
+    }
     case 3:
-      for (int64_t i = 0; i < n; ++i) y[i] = y[i] < T(0) ? y[i] * slope : y[i];
-      break;
+      return v < zero ? v * slope : v;
     default:
-      break;
+      return v;
+  }
+}
+template <typename T>
+static inline T activate_scalar(T v, int act, T slope) {
+  switch (act) {
+    case 1:
+      return v < T(0) ? T(0) : v;
+    case 2:
+      return v < T(0) ? T(0) : (v > T(6) ? T(6) : v);
+    case 3:
+      return v < T(0) ? v * slope : v;
+    default:
+      return v;
   }
 }
 
-// One output row of an NCHW plane. r0/r2 may be a row of zeros (padding rows).
+// Zero-padded copies of input rows: element 0 is the left padding (x[-1]), 1..W the row, then zeros
+// up to a whole number of vectors plus one.
 template <typename T>
-static inline void fwd_row(const T* MESRGAN_RESTRICT r0, const T* MESRGAN_RESTRICT r1, const T* MESRGAN_RESTRICT r2,
-                           const T* k, T b, T* MESRGAN_RESTRICT y, int64_t W) {
-  const T k0 = k[0], k1 = k[1], k2 = k[2], k3 = k[3], k4 = k[4], k5 = k[5], k6 = k[6], k7 = k[7], k8 = k[8];
-  if (W == 1) {
-    y[0] = b + k1 * r0[0] + k4 * r1[0] + k7 * r2[0];
-    return;
+struct PaddedRows {
+  int64_t W, stride;
+  std::vector<T> buf;  // 4 rows: a ring of 3 and one row of zeros
+  PaddedRows(int64_t W_, int L) : W(W_), stride(((W_ + 2 + L - 1) / L + 1) * L), buf(4 * stride, T(0)) {}
+  T* slot(int s) { return buf.data() + s * stride; }
+  const T* zeros() const { return buf.data() + 3 * stride; }
+  const T* fill(int s, const T* row) {
+    std::memcpy(slot(s) + 1, row, sizeof(T) * W);
+    return slot(s);
   }
-  y[0] = b + (k1 * r0[0] + k2 * r0[1]) + (k4 * r1[0] + k5 * r1[1]) + (k7 * r2[0] + k8 * r2[1]);
-  for (int64_t w = 1; w < W - 1; ++w) {
-    y[w] = b + (k0 * r0[w - 1] + k1 * r0[w] + k2 * r0[w + 1]) + (k3 * r1[w - 1] + k4 * r1[w] + k5 * r1[w + 1]) +
-           (k6 * r2[w - 1] + k7 * r2[w] + k8 * r2[w + 1]);
-  }
-  const int64_t e = W - 1;
-  y[e] = b + (k0 * r0[e - 1] + k1 * r0[e]) + (k3 * r1[e - 1] + k4 * r1[e]) + (k6 * r2[e - 1] + k7 * r2[e]);
-}
+};
 
 // Forward, NCHW-contiguous. Work unit u covers plane u / bands, rows [band*band_rows, ...).
-// weight: C*9 (as stored by Conv2d), bias: C or null, zeros: W zeros (the padding rows).
+// weight: C*9 (as stored by Conv2d), bias: C or null.
 template <typename T>
 void fwd_nchw(const T* x, const T* weight, const T* bias, T* y, int64_t C, int64_t H, int64_t W, int64_t band_rows,
-              int64_t unit_begin, int64_t unit_end, int act, T slope, const T* zeros) {
+              int64_t unit_begin, int64_t unit_end, int act, T slope) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::L;
+  PaddedRows<T> rows(W, L);
   const int64_t bands = (H + band_rows - 1) / band_rows;
-  const int64_t plane_size = H * W;
   for (int64_t u = unit_begin; u < unit_end; ++u) {
     const int64_t plane = u / bands;
     const int64_t h0 = (u % bands) * band_rows;
     const int64_t h1 = std::min(H, h0 + band_rows);
     const int64_t c = plane % C;
-    const T* xp = x + plane * plane_size;
-    T* yp = y + plane * plane_size;
-    const T* k = weight + c * 9;
-    const T b = bias ? bias[c] : T(0);
+    const T* xp = x + plane * H * W;
+    T* yp = y + plane * H * W;
+    const T* kp = weight + c * 9;
+    V k[9];
+    for (int t = 0; t < 9; ++t) k[t] = splat<V>(kp[t]);
+    const V b = splat<V>(bias ? bias[c] : T(0));
+    int s = 0;  // ring slot of row h
+    const T* p0 = h0 > 0 ? rows.fill(2, xp + (h0 - 1) * W) : rows.zeros();
+    const T* p1 = rows.fill(s, xp + h0 * W);
     for (int64_t h = h0; h < h1; ++h) {
-      const T* r0 = h > 0 ? xp + (h - 1) * W : zeros;
-      const T* r2 = h + 1 < H ? xp + (h + 1) * W : zeros;
+      const int s2 = (s + 1) % 3;
+      const T* p2 = h + 1 < H ? rows.fill(s2, xp + (h + 1) * W) : rows.zeros();
       T* yr = yp + h * W;
-      fwd_row(r0, xp + h * W, r2, k, b, yr, W);
-      apply_activation(yr, W, act, slope);
+      int64_t w = 0;
+      auto out = [&](int64_t w0) {
+        V acc = b;
+        acc += k[0] * loadu<V>(p0 + w0) + k[1] * loadu<V>(p0 + w0 + 1) + k[2] * loadu<V>(p0 + w0 + 2);
+        acc += k[3] * loadu<V>(p1 + w0) + k[4] * loadu<V>(p1 + w0 + 1) + k[5] * loadu<V>(p1 + w0 + 2);
+        acc += k[6] * loadu<V>(p2 + w0) + k[7] * loadu<V>(p2 + w0 + 1) + k[8] * loadu<V>(p2 + w0 + 2);
+        return activate<T>(acc, act, slope);
+      };
+      for (; w + L <= W; w += L) storeu(yr + w, out(w));
+      if (w < W) {
+        T tail[L];
+        storeu(tail, out(w));
+        std::memcpy(yr + w, tail, sizeof(T) * (W - w));
+      }
+      p0 = p1;
+      p1 = p2;
+      s = s2;
     }
+  }
+}
+
+// One channel block of one NHWC output row: 9 weight vectors stay in registers along the row.
+// r0 / r2 are null at the top / bottom border.
+template <typename T, bool TOP, bool BOT>
+static inline void fwd_nhwc_block(const T* r0, const T* r1, const T* r2, const typename Vec<T>::type* k,
+                                  typename Vec<T>::type b, T* y, int64_t W, int64_t C, int act, T slope) {
+  using V = typename Vec<T>::type;
+  for (int64_t w = 0; w < W; ++w) {
+    V acc = b;
+    const int64_t o = w * C;
+    const bool left = w > 0, right = w + 1 < W;
+    if (TOP) {
+      if (left) acc += k[0] * loadu<V>(r0 + o - C);
+      acc += k[1] * loadu<V>(r0 + o);
+      if (right) acc += k[2] * loadu<V>(r0 + o + C);
+    }
+    if (left) acc += k[3] * loadu<V>(r1 + o - C);
+    acc += k[4] * loadu<V>(r1 + o);
+    if (right) acc += k[5] * loadu<V>(r1 + o + C);
+    if (BOT) {
+      if (left) acc += k[6] * loadu<V>(r2 + o - C);
+      acc += k[7] * loadu<V>(r2 + o);
+      if (right) acc += k[8] * loadu<V>(r2 + o + C);
+    }
+    storeu(y + o, activate<T>(acc, act, slope));
   }
 }
 
@@ -89,139 +180,214 @@ void fwd_nchw(const T* x, const T* weight, const T* bias, T* y, int64_t C, int64
 template <typename T>
 void fwd_nhwc(const T* x, const T* wt, const T* bias, T* y, int64_t C, int64_t H, int64_t W, int64_t row_begin,
               int64_t row_end, int act, T slope) {
-  constexpr int64_t CB = 32;
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::L;
   const int64_t rowlen = W * C;
   for (int64_t r = row_begin; r < row_end; ++r) {
     const int64_t h = r % H;
-    const T* xrow[3] = {h > 0 ? x + (r - 1) * rowlen : nullptr, x + r * rowlen,
-                        h + 1 < H ? x + (r + 1) * rowlen : nullptr};
-    T* yrow = y + r * rowlen;
-    for (int64_t w = 0; w < W; ++w) {
-      T* MESRGAN_RESTRICT yw = yrow + w * C;
-      int64_t c0 = 0;
-      for (; c0 + CB <= C; c0 += CB) {
-        T acc[CB];
-        for (int l = 0; l < CB; ++l) acc[l] = bias ? bias[c0 + l] : T(0);
-        for (int i = 0; i < 3; ++i) {
-          if (!xrow[i]) continue;
-          for (int j = 0; j < 3; ++j) {
-            const int64_t ww = w + j - 1;
-            if (ww < 0 || ww >= W) continue;
-            const T* MESRGAN_RESTRICT xv = xrow[i] + ww * C + c0;
-            const T* MESRGAN_RESTRICT kv = wt + (i * 3 + j) * C + c0;
-            for (int l = 0; l < CB; ++l) acc[l] += xv[l] * kv[l];
-          }
-        }
-        for (int l = 0; l < CB; ++l) yw[c0 + l] = acc[l];
+    const bool top = h > 0, bot = h + 1 < H;
+    const T* r0 = top ? x + (r - 1) * rowlen : nullptr;
+    const T* r1 = x + r * rowlen;
+    const T* r2 = bot ? x + (r + 1) * rowlen : nullptr;
+    T* yr = y + r * rowlen;
+    if (C >= L) {
+      // Channel blocks of L; a last partial block is done as an overlapping full block ending at C,
+      // which rewrites a few channels with the same values.
+      for (int64_t c0 = 0; c0 < C; c0 += L) {
+        const int64_t cb = std::min(c0, C - L);
+        V k[9];
+        for (int t = 0; t < 9; ++t) k[t] = loadu<V>(wt + t * C + cb);
+        const V b = bias ? loadu<V>(bias + cb) : V{};
+        if (top && bot)
+          fwd_nhwc_block<T, true, true>(r0 + cb, r1 + cb, r2 + cb, k, b, yr + cb, W, C, act, slope);
+        else if (top)
+          fwd_nhwc_block<T, true, false>(r0 + cb, r1 + cb, nullptr, k, b, yr + cb, W, C, act, slope);
+        else if (bot)
+          fwd_nhwc_block<T, false, true>(nullptr, r1 + cb, r2 + cb, k, b, yr + cb, W, C, act, slope);
+        else
+          fwd_nhwc_block<T, false, false>(nullptr, r1 + cb, nullptr, k, b, yr + cb, W, C, act, slope);
       }
-      for (int64_t c = c0; c < C; ++c) {
+      continue;
+    }
+    const T* rows[3] = {r0, r1, r2};
+    for (int64_t w = 0; w < W; ++w) {
+      for (int64_t c = 0; c < C; ++c) {
         T acc = bias ? bias[c] : T(0);
         for (int i = 0; i < 3; ++i) {
-          if (!xrow[i]) continue;
+          if (!rows[i]) continue;
           for (int j = 0; j < 3; ++j) {
             const int64_t ww = w + j - 1;
-            if (ww < 0 || ww >= W) continue;
-            acc += xrow[i][ww * C + c] * wt[(i * 3 + j) * C + c];
+            if (ww >= 0 && ww < W) acc += rows[i][ww * C + c] * wt[(i * 3 + j) * C + c];
           }
         }
-        yw[c] = acc;
+        yr[w * C + c] = activate_scalar(acc, act, slope);
       }
     }
-    apply_activation(yrow, rowlen, act, slope);
   }
 }
 
-template <typename T>
-static inline T dot(const T* MESRGAN_RESTRICT a, const T* MESRGAN_RESTRICT b, int64_t n) {
-  constexpr int L = 16;
-  T lanes[L] = {};
-  int64_t k = 0;
-  for (; k + L <= n; k += L)
-    for (int l = 0; l < L; ++l) lanes[l] += a[k + l] * b[k + l];
-  T s = T(0);
-  for (; k < n; ++k) s += a[k] * b[k];
-  for (int l = 0; l < L; ++l) s += lanes[l];
+template <typename T, typename V>
+static inline double hsum(const V& v) {
+  double s = 0;
+  for (int l = 0; l < Vec<T>::L; ++l) s += static_cast<double>(v[l]);
   return s;
 }
 
-template <typename T>
-static inline T sum(const T* MESRGAN_RESTRICT a, int64_t n) {
-  constexpr int L = 16;
-  T lanes[L] = {};
-  int64_t k = 0;
-  for (; k + L <= n; k += L)
-    for (int l = 0; l < L; ++l) lanes[l] += a[k + l];
-  T s = T(0);
-  for (; k < n; ++k) s += a[k];
-  for (int l = 0; l < L; ++l) s += lanes[l];
-  return s;
-}
+// Rows summed in T before the running sums move to double: bounds the float rounding error.
+constexpr int64_t kFlushElems = 4096;
 
 // Weight/bias gradient, NCHW-contiguous. For each plane p in [begin, end) writes 10 sums into
 // out[p*10 ...]: taps 0..8 (sum over h, w of g[h][w] * x[h+i-1][w+j-1]) then the bias (sum of g).
-// Row sums are taken in T, plane totals in double.
 template <typename T>
 void bwdw_nchw(const T* x, const T* g, int64_t H, int64_t W, int64_t plane_begin, int64_t plane_end, double* out) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::L;
+  PaddedRows<T> rows(W, L);
+  // grad_out rows are copied to offset 0 of a zero-padded buffer, so lanes past W contribute nothing.
+  std::vector<T> gbuf(rows.stride, T(0));
+  const int64_t rows_per_flush = std::max<int64_t>(1, kFlushElems / std::max<int64_t>(W, 1));
   for (int64_t p = plane_begin; p < plane_end; ++p) {
     const T* xp = x + p * H * W;
     const T* gp = g + p * H * W;
-    double acc[10] = {};
+    double tot[10] = {};
+    V acc[10];
+    for (auto& a : acc) a = V{};
+    int s = 0;
+    const T* p0 = rows.zeros();
+    const T* p1 = rows.fill(s, xp);
     for (int64_t h = 0; h < H; ++h) {
-      const T* gr = gp + h * W;
-      for (int i = 0; i < 3; ++i) {
-        const int64_t hh = h + i - 1;
-        if (hh < 0 || hh >= H) continue;
-        const T* xr = xp + hh * W;
-        // tap j reads x[w + j - 1]: j = 0 -> w in [1, W); j = 1 -> [0, W); j = 2 -> [0, W - 1).
-        if (W > 1) acc[i * 3 + 0] += dot(gr + 1, xr, W - 1);
-        acc[i * 3 + 1] += dot(gr, xr, W);
-        if (W > 1) acc[i * 3 + 2] += dot(gr, xr + 1, W - 1);
+      const int s2 = (s + 1) % 3;
+      const T* p2 = h + 1 < H ? rows.fill(s2, xp + (h + 1) * W) : rows.zeros();
+      std::memcpy(gbuf.data(), gp + h * W, sizeof(T) * W);
+      for (int64_t w0 = 0; w0 < W; w0 += L) {
+        const V gv = loadu<V>(gbuf.data() + w0);
+        acc[0] += gv * loadu<V>(p0 + w0);
+        acc[1] += gv * loadu<V>(p0 + w0 + 1);
+        acc[2] += gv * loadu<V>(p0 + w0 + 2);
+        acc[3] += gv * loadu<V>(p1 + w0);
+        acc[4] += gv * loadu<V>(p1 + w0 + 1);
+        acc[5] += gv * loadu<V>(p1 + w0 + 2);
+        acc[6] += gv * loadu<V>(p2 + w0);
+        acc[7] += gv * loadu<V>(p2 + w0 + 1);
+        acc[8] += gv * loadu<V>(p2 + w0 + 2);
+        acc[9] += gv;
       }
-      acc[9] += sum(gr, W);
+      if ((h + 1) % rows_per_flush == 0 || h + 1 == H) {
+        for (int t = 0; t < 10; ++t) {
+          tot[t] += hsum<T>(acc[t]);
+          acc[t] = V{};
+        }
+      }
+      p0 = p1;
+      p1 = p2;
+      s = s2;
     }
-    for (int t = 0; t < 10; ++t) out[p * 10 + t] = acc[t];
+    for (int t = 0; t < 10; ++t) out[p * 10 + t] = tot[t];
+  }
+}
+
+// One channel block of one NHWC row for the weight gradient; acc holds 10 vectors (9 taps, bias).
+// mask zeroes the lanes an overlapping last block shares with the block before it.
+template <typename T, bool TOP, bool BOT>
+static inline void bwdw_nhwc_block(const T* r0, const T* r1, const T* r2, const T* gr, typename Vec<T>::type mask,
+                                   typename Vec<T>::type* acc, int64_t W, int64_t C) {
+  using V = typename Vec<T>::type;
+  for (int64_t w = 0; w < W; ++w) {
+    const int64_t o = w * C;
+    const V gv = loadu<V>(gr + o) * mask;
+    const bool left = w > 0, right = w + 1 < W;
+    if (TOP) {
+      if (left) acc[0] += gv * loadu<V>(r0 + o - C);
+      acc[1] += gv * loadu<V>(r0 + o);
+      if (right) acc[2] += gv * loadu<V>(r0 + o + C);
+    }
+    if (left) acc[3] += gv * loadu<V>(r1 + o - C);
+    acc[4] += gv * loadu<V>(r1 + o);
+    if (right) acc[5] += gv * loadu<V>(r1 + o + C);
+    if (BOT) {
+      if (left) acc[6] += gv * loadu<V>(r2 + o - C);
+      acc[7] += gv * loadu<V>(r2 + o);
+      if (right) acc[8] += gv * loadu<V>(r2 + o + C);
+    }
+    acc[9] += gv;
   }
 }
 
 // Weight/bias gradient, NHWC-contiguous, for rows (n, h) in [row_begin, row_end). Adds into
-// out[t * C + c] (t = 0..8 taps, 9 = bias), a double buffer owned by the caller. rowacc: 10*C scratch.
+// out[t * C + c] (t = 0..8 taps, 9 = bias), a double buffer owned by the caller.
 template <typename T>
 void bwdw_nhwc(const T* x, const T* g, int64_t C, int64_t H, int64_t W, int64_t row_begin, int64_t row_end,
-               double* out, T* rowacc) {
+               double* out) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::L;
   const int64_t rowlen = W * C;
-  for (int64_t r = row_begin; r < row_end; ++r) {
-    const int64_t h = r % H;
-    std::fill(rowacc, rowacc + 10 * C, T(0));
-    const T* grow = g + r * rowlen;
-    for (int i = 0; i < 3; ++i) {
-      const int64_t hh = h + i - 1;
-      if (hh < 0 || hh >= H) continue;
-      const T* xrow = x + (r + i - 1) * rowlen;
-      for (int j = 0; j < 3; ++j) {
-        T* MESRGAN_RESTRICT acc = rowacc + (i * 3 + j) * C;
-        const int64_t w_lo = j == 0 ? 1 : 0, w_hi = j == 2 ? W - 1 : W;
-        for (int64_t w = w_lo; w < w_hi; ++w) {
-          const T* MESRGAN_RESTRICT gv = grow + w * C;
-          const T* MESRGAN_RESTRICT xv = xrow + (w + j - 1) * C;
-          for (int64_t c = 0; c < C; ++c) acc[c] += gv[c] * xv[c];
-        }
+  if (C < L) {
+    for (int64_t r = row_begin; r < row_end; ++r) {
+      const int64_t h = r % H;
+      for (int i = 0; i < 3; ++i) {
+        if (h + i - 1 < 0 || h + i - 1 >= H) continue;
+        const T* xr = x + (r + i - 1) * rowlen;
+        for (int j = 0; j < 3; ++j)
+          for (int64_t c = 0; c < C; ++c) {
+            T s = T(0);
+            for (int64_t w = std::max<int64_t>(0, 1 - j); w < std::min(W, W + 1 - j); ++w)
+              s += g[r * rowlen + w * C + c] * xr[(w + j - 1) * C + c];
+            out[(i * 3 + j) * C + c] += s;
+          }
+      }
+      for (int64_t c = 0; c < C; ++c) {
+        T s = T(0);
+        for (int64_t w = 0; w < W; ++w) s += g[r * rowlen + w * C + c];
+        out[9 * C + c] += s;
       }
     }
-    T* MESRGAN_RESTRICT bacc = rowacc + 9 * C;
-    for (int64_t w = 0; w < W; ++w) {
-      const T* MESRGAN_RESTRICT gv = grow + w * C;
-      for (int64_t c = 0; c < C; ++c) bacc[c] += gv[c];
-    }
-    for (int64_t q = 0; q < 10 * C; ++q) out[q] += static_cast<double>(rowacc[q]);
+    return;
   }
+  const int64_t nblocks = (C + L - 1) / L;
+  std::vector<V> acc(10 * nblocks, V{});
+  const int64_t rows_per_flush = std::max<int64_t>(1, kFlushElems / std::max<int64_t>(W, 1));
+  auto flush = [&] {
+    for (int64_t bi = 0; bi < nblocks; ++bi) {
+      const int64_t cb = std::min(bi * L, C - L);
+      for (int t = 0; t < 10; ++t) {
+        V& a = acc[bi * 10 + t];
+        for (int l = 0; l < L; ++l) out[t * C + cb + l] += static_cast<double>(a[l]);
+        a = V{};
+      }
+    }
+  };
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const int64_t h = r % H;
+    const bool top = h > 0, bot = h + 1 < H;
+    const T* r0 = top ? x + (r - 1) * rowlen : nullptr;
+    const T* r1 = x + r * rowlen;
+    const T* r2 = bot ? x + (r + 1) * rowlen : nullptr;
+    const T* gr = g + r * rowlen;
+    for (int64_t bi = 0; bi < nblocks; ++bi) {
+      const int64_t c0 = bi * L, cb = std::min(c0, C - L);
+      V mask;
+      for (int l = 0; l < L; ++l) mask[l] = cb + l >= c0 ? T(1) : T(0);
+      V* a = acc.data() + bi * 10;
+      if (top && bot)
+        bwdw_nhwc_block<T, true, true>(r0 + cb, r1 + cb, r2 + cb, gr + cb, mask, a, W, C);
+      else if (top)
+        bwdw_nhwc_block<T, true, false>(r0 + cb, r1 + cb, nullptr, gr + cb, mask, a, W, C);
+      else if (bot)
+        bwdw_nhwc_block<T, false, true>(nullptr, r1 + cb, r2 + cb, gr + cb, mask, a, W, C);
+      else
+        bwdw_nhwc_block<T, false, false>(nullptr, r1 + cb, nullptr, gr + cb, mask, a, W, C);
+    }
+    if ((r - row_begin + 1) % rows_per_flush == 0) flush();
+  }
+  flush();
 }
 
 #define MESRGAN_INSTANTIATE(T)                                                                                      \
   template void fwd_nchw<T>(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, \
-                            int, T, const T*);                                                                      \
+                            int, T);                                                                                \
   template void fwd_nhwc<T>(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t, int, T); \
   template void bwdw_nchw<T>(const T*, const T*, int64_t, int64_t, int64_t, int64_t, double*);                      \
-  template void bwdw_nhwc<T>(const T*, const T*, int64_t, int64_t, int64_t, int64_t, int64_t, double*, T*);
+  template void bwdw_nhwc<T>(const T*, const T*, int64_t, int64_t, int64_t, int64_t, int64_t, double*);
 
 MESRGAN_INSTANTIATE(float)
 MESRGAN_INSTANTIATE(double)

@@ -8,7 +8,7 @@ namespace cpu {
   namespace NS {                                                                                                   \
   template <typename T>                                                                                            \
   void fwd_nchw(const T* x, const T* weight, const T* bias, T* y, int64_t C, int64_t H, int64_t W,                 \
-                int64_t band_rows, int64_t unit_begin, int64_t unit_end, int act, T slope, const T* zeros);        \
+                int64_t band_rows, int64_t unit_begin, int64_t unit_end, int act, T slope);                        \
   template <typename T>                                                                                            \
   void fwd_nhwc(const T* x, const T* wt, const T* bias, T* y, int64_t C, int64_t H, int64_t W, int64_t row_begin, \
                 int64_t row_end, int act, T slope);                                                                \
@@ -17,7 +17,7 @@ namespace cpu {
                  double* out);                                                                                     \
   template <typename T>                                                                                            \
   void bwdw_nhwc(const T* x, const T* g, int64_t C, int64_t H, int64_t W, int64_t row_begin, int64_t row_end,      \
-                 double* out, T* rowacc);                                                                          \
+                 double* out);                                                                                     \
   }
 MESRGAN_DECLARE(base)
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
