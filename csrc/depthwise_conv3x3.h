@@ -35,12 +35,5 @@ at::Tensor depthwise_conv3x3_cpu(const at::Tensor& x, const at::Tensor& weight, 
 std::tuple<at::Tensor, at::Tensor> depthwise_conv3x3_backward_weight_cpu(const at::Tensor& x,
                                                                          const at::Tensor& grad_out,
                                                                          bool need_bias);
-#ifdef MESRGAN_WITH_CUDA
-at::Tensor depthwise_conv3x3_cuda(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
-                                  const std::string& activation, double negative_slope);
-std::tuple<at::Tensor, at::Tensor> depthwise_conv3x3_backward_weight_cuda(const at::Tensor& x,
-                                                                          const at::Tensor& grad_out,
-                                                                          bool need_bias);
-#endif
 
 }  // namespace mesrgan
