@@ -1,0 +1,340 @@
+"""Measure a generator on a test set: PSNR / SSIM / RMSE per image and their mean, beside bicubic.
+
+    python -m mesrgan.evaluate --weights CKPT [--model NAME] [--data DIR] [--scale S] [--lr-data DIR]
+                               [--save-dir DIR] [--json FILE] [--device DEV] [--metrics standard|paper]
+
+For each HR image of ``--data`` (the held-out bundled photographs when it is left out), the HR is
+cropped to a multiple of the scale, LR = MATLAB-style bicubic downscaling of HR rounded to 8 bits
+(or the image of the same name in ``--lr-data``), SR = the generator's output rounded to 8 bits,
+and the bicubic baseline = bicubic upscaling of LR rounded to 8 bits.
+
+Metric conventions (see :mod:`mesrgan.metrics`):
+
+* ``--metrics standard`` (default; what SR papers report): Y of MATLAB's rgb2ycbcr (BT.601,
+  16..235), ``scale`` pixels cropped from every border, SSIM with the 11x11 Gaussian window
+  (sigma 1.5); RMSE in 8-bit grey levels of Y.
+* ``--metrics paper``: the MESRGAN paper's Table II code: RGB, no crop, SSIM over the whole image as
+  one window per channel; RMSE in 8-bit levels of RGB. Its SSIM is not comparable with standard SSIM.
+
+The exit status is 0 when every image was measured, 1 when some failed, 2 for a bad command line,
+checkpoint or data folder.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+from .imageio import ImageReadError, is_image_file, read_image, write_image
+from .inference import upscale_tensor
+from .metrics import psnr, rmse, ssim
+
+__all__ = ["main", "evaluate_images", "CONVENTIONS", "measure"]
+
+#: metric conventions: keyword arguments of the metric functions (crop_border is set from the scale)
+CONVENTIONS = {
+    "standard": {"y_channel": True, "crop": "scale", "window": "gaussian",
+                 "text": "Y of BT.601 (MATLAB rgb2ycbcr, 16-235), {crop} px border cropped, SSIM with an "
+                         "11x11 Gaussian window (sigma 1.5) over the valid region; RMSE in 8-bit levels of Y"},
+    "paper": {"y_channel": False, "crop": 0, "window": "global",
+              "text": "the MESRGAN paper's Table II convention: RGB, no border crop, SSIM over the whole image "
+                      "as one window per channel (not comparable with standard SSIM); RMSE in 8-bit RGB levels"},
+}
+
+
+class UsageError(Exception):
+    """A problem with the command line, the checkpoint or the data: nothing is measured."""
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="python -m mesrgan.evaluate",
+        description="PSNR / SSIM / RMSE of a super-resolution generator on a set of HR images, "
+                    "beside the bicubic baseline.")
+    p.add_argument("--weights", required=True, metavar="CKPT",
+                   help="generator checkpoint: ours (last.pt, best.pt, generator .pt), a bare state dict, "
+                        "or published ESRGAN RRDBNet weights")
+    p.add_argument("--model", default=None, help="preset name, needed only when the checkpoint does not say")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="folder of HR images (default: the held-out bundled photographs)")
+    p.add_argument("--scale", type=int, default=None,
+                   help="upscaling factor; must match the checkpoint's (default: the checkpoint's)")
+    p.add_argument("--lr-data", default=None, metavar="DIR",
+                   help="folder of paired LR images (same file stem, optionally with an x<scale> suffix); "
+                        "default: bicubic downscaling of each HR image")
+    p.add_argument("--save-dir", default=None, metavar="DIR", help="write each SR image there as PNG")
+    p.add_argument("--json", default=None, metavar="FILE", help="write all numbers there as JSON")
+    p.add_argument("--metrics", choices=sorted(CONVENTIONS), default="standard",
+                   help="metric convention (default standard; see the module docstring)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (CUDA when available; default)")
+    p.add_argument("--tile", type=int, default=0,
+                   help="run the model in tiles of this many LR pixels (default 0: whole images, exact)")
+    p.add_argument("--tile-pad", type=int, default=32, help="context pixels around each tile (default 32)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines, only the table")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# images
+
+
+def to_rgb_uint8(pixels: np.ndarray) -> np.ndarray:
+    """float ``(H, W, C)`` in [0, 1], C = 1..4 -> uint8 ``(H, W, 3)``: grey repeated, alpha dropped."""
+    rgb = pixels[..., :3] if pixels.shape[2] >= 3 else np.repeat(pixels[..., :1], 3, axis=2)
+    return np.rint(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+
+
+def _to_tensor(img_u8):
+    return torch.from_numpy(np.ascontiguousarray(img_u8)).permute(2, 0, 1)[None].float() / 255
+
+
+def _to_uint8(t):
+    return t[0].clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def _list_images(folder, what):
+    if not os.path.isdir(folder):
+        raise UsageError(f"{what}: {folder!r} is not a folder")
+    files = sorted(f for f in os.listdir(folder) if is_image_file(f) and os.path.isfile(os.path.join(folder, f)))
+    if not files:
+        raise UsageError(f"{what}: no image files in {folder!r}")
+    return [os.path.join(folder, f) for f in files]
+
+
+def _lr_index(folder, scale):
+    """stem -> path of the LR images, under their own stem and with x<scale> suffixes removed."""
+    index = {}
+    for path in _list_images(folder, "--lr-data"):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        index.setdefault(stem, path)
+        for suffix in (f"x{scale}", f"_x{scale}", f"_X{scale}", f"X{scale}", "_LR", "_lr"):
+            if stem.endswith(suffix) and len(stem) > len(suffix):
+                index.setdefault(stem[: -len(suffix)], path)
+    return index
+
+
+def measure(sr, hr, convention, scale):
+    """``{"psnr", "ssim", "rmse"}`` of uint8 RGB arrays under a convention of :data:`CONVENTIONS`."""
+    conv = CONVENTIONS[convention]
+    crop = scale if conv["crop"] == "scale" else conv["crop"]
+    kw = {"crop_border": crop, "y_channel": conv["y_channel"]}
+    return {"psnr": psnr(sr, hr, **kw), "ssim": ssim(sr, hr, window=conv["window"], **kw), "rmse": rmse(sr, hr, **kw)}
+
+
+def evaluate_images(generator, images, *, scale, lr_images=None, convention="standard", tile=0, tile_pad=32,
+                    save_dir=None, log=None):
+    """Measure ``generator`` on HR images.
+
+    Args:
+        generator: ``nn.Module`` mapping ``(1, 3, h, w)`` in [0, 1] to ``(1, 3, scale·h, scale·w)``.
+        images: iterable of ``(name, hr)``; hr a uint8 ``(H, W, 3)`` array, or a callable returning
+            one (read lazily, so a bad file fails alone).
+        scale: upscaling factor of the generator.
+        lr_images: optional ``{name: lr or callable}`` of paired LR images; else LR = bicubic(HR).
+        convention: a key of :data:`CONVENTIONS`.
+        tile, tile_pad: passed to :func:`mesrgan.inference.upscale_tensor`.
+        save_dir: write ``<name>.png`` SR images there when given.
+        log: optional ``callable(str)`` for progress lines.
+
+    Returns:
+        ``(rows, failures)``: rows are dicts ``{"name", "size": [W, H], "sr": {...}, "bicubic": {...},
+        "seconds"}``; failures are ``(name, message)`` pairs.
+    """
+    from .data import imresize
+
+    rows, failures = [], []
+    images = list(images)
+    for i, (name, hr) in enumerate(images, 1):
+        t0 = time.perf_counter()
+        try:
+            hr = hr() if callable(hr) else hr
+            h, w = (hr.shape[0] // scale) * scale, (hr.shape[1] // scale) * scale
+            if h == 0 or w == 0:
+                raise ValueError(f"image of {hr.shape[1]}x{hr.shape[0]} is smaller than the scale {scale}")
+            hr = hr[:h, :w]
+            if lr_images is not None:
+                if name not in lr_images:
+                    raise ValueError("no paired LR image of that name in --lr-data")
+                lr_u8 = lr_images[name]
+                lr_u8 = lr_u8() if callable(lr_u8) else lr_u8
+                lh, lw = lr_u8.shape[:2]
+                if lh * scale > hr.shape[0] or lw * scale > hr.shape[1] or \
+                        hr.shape[0] - lh * scale >= scale or hr.shape[1] - lw * scale >= scale:
+                    raise ValueError(f"paired LR is {lw}x{lh}: x{scale} does not give the HR size "
+                                     f"{hr.shape[1]}x{hr.shape[0]}")
+                hr = hr[:lh * scale, :lw * scale]
+            else:
+                # the LR a dataset would store: bicubic downscaling rounded to 8 bits
+                lr_u8 = _to_uint8(imresize(_to_tensor(hr), 1 / scale))
+            lr = _to_tensor(lr_u8)
+            sr_u8 = _to_uint8(upscale_tensor(generator, lr, tile=tile, tile_pad=tile_pad))
+            if sr_u8.shape != hr.shape:
+                raise RuntimeError(f"the generator made {sr_u8.shape[1]}x{sr_u8.shape[0]} from "
+                                   f"{lr_u8.shape[1]}x{lr_u8.shape[0]}; expected {hr.shape[1]}x{hr.shape[0]}")
+            bic_u8 = _to_uint8(imresize(lr, scale))
+            row = {"name": name, "size": [int(hr.shape[1]), int(hr.shape[0])],
+                   "sr": measure(sr_u8, hr, convention, scale), "bicubic": measure(bic_u8, hr, convention, scale)}
+            if save_dir is not None:
+                write_image(os.path.join(save_dir, f"{name}.png"), sr_u8.astype(np.float32) / 255)
+            row["seconds"] = time.perf_counter() - t0
+            rows.append(row)
+            if log:
+                log(f"[{i}/{len(images)}] {name}: PSNR {row['sr']['psnr']:.2f} dB "
+                    f"(bicubic {row['bicubic']['psnr']:.2f}), {row['seconds']:.1f} s")
+        except (ImageReadError, ValueError, RuntimeError, OSError) as e:
+            failures.append((name, str(e)))
+            if log:
+                log(f"[{i}/{len(images)}] {name}: error: {e}")
+    return rows, failures
+
+
+def mean_of(rows, key):
+    """Mean of each metric over rows (PSNR of identical images is inf and makes the mean inf)."""
+    return {m: float(np.mean([r[key][m] for r in rows])) for m in ("psnr", "ssim", "rmse")}
+
+
+def format_table(rows, title, convention_text):
+    name_w = max([len("image"), len("mean")] + [len(r["name"]) for r in rows])
+    size_w = max([len("size")] + [len(f"{r['size'][0]}x{r['size'][1]}") for r in rows])
+
+    def cells(m):
+        p = "inf" if math.isinf(m["psnr"]) else f"{m['psnr']:.2f}"
+        return f"{p:>7} {m['ssim']:>7.4f} {m['rmse']:>7.2f}"
+
+    head = f"{'':<{name_w}}  {'':<{size_w}} | {'SR':^23} | {'bicubic':^23}"
+    cols = f"{'image':<{name_w}}  {'size':<{size_w}} | {'PSNR':>7} {'SSIM':>7} {'RMSE':>7} | " \
+           f"{'PSNR':>7} {'SSIM':>7} {'RMSE':>7}"
+    rule = "-" * len(cols)
+    lines = [title, f"metrics: {convention_text}", "", head, cols, rule]
+    for r in rows:
+        size = f"{r['size'][0]}x{r['size'][1]}"
+        lines.append(f"{r['name']:<{name_w}}  {size:<{size_w}} | {cells(r['sr'])} | {cells(r['bicubic'])}")
+    lines.append(rule)
+    if rows:
+        lines.append(f"{'mean':<{name_w}}  {'':<{size_w}} | {cells(mean_of(rows, 'sr'))} | "
+                     f"{cells(mean_of(rows, 'bicubic'))}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+
+def _resolve_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise UsageError(f"--device: {e}") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return device
+
+
+def _load(weights, model, device, scale):
+    from .models import load_generator
+
+    if not os.path.exists(weights):
+        raise UsageError(f"--weights: checkpoint {weights!r} does not exist")
+    if os.path.isdir(weights):
+        raise UsageError(f"--weights: {weights!r} is a folder; pass a checkpoint file (e.g. runs/NAME/best.pt)")
+    try:
+        generator, info = load_generator(weights, model=model, device=device)
+    except (ValueError, RuntimeError, TypeError, KeyError) as e:
+        raise UsageError(f"--weights: cannot load {weights!r}: {e}") from e
+    got = info["config"].get("scale")
+    if scale is not None and got is not None and got != scale:
+        raise UsageError(f"--scale {scale}: the checkpoint {weights!r} holds a x{got} {info['model']} generator")
+    return generator, info, got or scale or 4
+
+
+def _hr_reader(path):
+    return lambda: to_rgb_uint8(read_image(path).pixels)
+
+
+def run(args):
+    for name in ("tile", "tile_pad"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if args.scale is not None and args.scale < 1:
+        raise UsageError(f"--scale must be >= 1, got {args.scale}")
+    device = _resolve_device(args.device)
+    generator, info, scale = _load(args.weights, args.model, device, args.scale)
+    if args.data is not None:
+        paths = _list_images(args.data, "--data")
+        images = [(os.path.splitext(os.path.basename(p))[0], _hr_reader(p)) for p in paths]
+        source = args.data
+    else:
+        from .data import bundled_images
+        try:
+            images = bundled_images("val")
+        except RuntimeError as e:
+            raise UsageError(f"no --data given and the bundled images are unavailable: {e}") from e
+        source = "the bundled held-out images"
+    lr_images = None
+    if args.lr_data is not None:
+        lr_images = {k: _hr_reader(p) for k, p in _lr_index(args.lr_data, scale).items()}
+    if args.save_dir is not None:
+        os.makedirs(args.save_dir, exist_ok=True)
+
+    def log(msg):
+        if not args.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    log(f"model: {info['model']} x{scale} from {args.weights} on {device}; {len(images)} images from {source}")
+    rows, failures = evaluate_images(generator, images, scale=scale, lr_images=lr_images, convention=args.metrics,
+                                     tile=args.tile, tile_pad=args.tile_pad, save_dir=args.save_dir, log=log)
+    conv = CONVENTIONS[args.metrics]
+    text = conv["text"].format(crop=scale)
+    title = f"{info['model']} x{scale} ({args.weights}) on {len(rows)} image{'s' if len(rows) != 1 else ''} " \
+            f"from {source}; LR = {'--lr-data' if lr_images is not None else 'bicubic(HR)'}"
+    print(format_table(rows, title, text))
+    if failures:
+        print(f"\n{len(failures)} image(s) failed:", file=sys.stderr)
+        for name, msg in failures:
+            print(f"  {name}: {msg}", file=sys.stderr)
+    if args.json:
+        report = {
+            "weights": args.weights, "model": info["model"], "config": info["config"], "scale": scale,
+            "data": source, "lr": "paired" if lr_images is not None else "bicubic",
+            "convention": {"name": args.metrics, "description": text,
+                           "y_channel": conv["y_channel"], "crop_border": scale if conv["crop"] == "scale" else 0,
+                           "ssim_window": conv["window"]},
+            "images": rows,
+            "mean": {"sr": mean_of(rows, "sr"), "bicubic": mean_of(rows, "bicubic")} if rows else None,
+            "failures": [{"name": n, "error": m} for n, m in failures],
+        }
+        with open(args.json, "w") as f:
+            # inf (identical images) is not JSON: write it as null
+            json.dump(_finite(report), f, indent=2)
+    return 1 if failures or not rows else 0
+
+
+def _finite(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Running a generator on images of any size: overlapping tiles, grey / alpha handling.
+
+Used by ``python -m mesrgan.upscale`` and ``python -m mesrgan.evaluate``; importable on its own.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+__all__ = ["upscale_tensor", "upscale_pixels", "tile_edges"]
+
+# BT.601 luma weights, as Pillow's convert("L") uses them: turn the RGB output of a grey input
+# back into grey
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def tile_edges(length: int, tile: int) -> list[int]:
+    """Split ``length`` pixels into ``ceil(length / tile)`` nearly equal spans (none above ``tile``).
+
+    Equal spans avoid a sliver of a last tile, which would cost a full model call for a few pixels.
+    """
+    n = max(1, math.ceil(length / tile))
+    return [round(i * length / n) for i in range(n + 1)]
+
+
+def _model_device_dtype(model, fallback):
+    p = next(iter(model.parameters()), None)
+    return (p.device, p.dtype) if p is not None else (fallback.device, fallback.dtype)
+
+
+def upscale_tensor(model, lr: torch.Tensor, *, tile: int = 0, tile_pad: int = 16, progress=None) -> torch.Tensor:
+    """Run ``model`` on ``lr``, in overlapping tiles when ``tile > 0``.
+
+    Each tile of ``tile x tile`` LR pixels is cut out with ``tile_pad`` extra pixels of context on
+    every side (clipped at the image border), upscaled, and only its central part is kept. Pixels
+    of the result therefore see at least ``tile_pad`` LR pixels of real context in each direction,
+    and the image border is padded exactly as without tiling: when ``tile_pad`` reaches the
+    receptive-field radius of the model the result equals the untiled one up to float rounding.
+    Activations never exceed ``(tile + 2 * tile_pad)**2`` LR pixels (times the scale factor
+    squared after upsampling), whatever the image size.
+
+    Args:
+        model: an ``nn.Module`` mapping ``(N, C, h, w)`` to ``(N, C', s*h, s*w)``; it runs on the
+            device and in the dtype of its parameters, under ``torch.inference_mode``.
+        lr: ``(N, C, h, w)`` float tensor. Tiles are copied to the model's device and dtype one at a
+            time, so ``lr`` and the result may stay on the CPU while the model is on a GPU.
+        tile: tile size in LR pixels; ``0`` runs the whole image at once.
+        tile_pad: context pixels around each tile (>= 0).
+        progress: optional ``callable(done, total)`` called after each tile.
+
+    Returns:
+        ``(N, C', s*h, s*w)`` on ``lr``'s device, in ``lr``'s dtype. The values are not clamped.
+    """
+    if not isinstance(lr, torch.Tensor) or lr.ndim != 4 or not lr.is_floating_point():
+        raise ValueError(f"lr must be a float tensor (N, C, H, W), got "
+                         f"{lr.dtype if isinstance(lr, torch.Tensor) else type(lr).__name__} "
+                         f"{tuple(lr.shape) if isinstance(lr, torch.Tensor) else ''}")
+    for name, v in (("tile", tile), ("tile_pad", tile_pad)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {v!r}")
+    device, dtype = _model_device_dtype(model, lr)
+    h, w = lr.shape[-2:]
+    if tile == 0:
+        tile = max(h, w)
+    ys, xs = tile_edges(h, tile), tile_edges(w, tile)
+    total = (len(ys) - 1) * (len(xs) - 1)
+    out = None
+    scale = None
+    done = 0
+    with torch.inference_mode():
+        for y0, y1 in zip(ys[:-1], ys[1:]):
+            for x0, x1 in zip(xs[:-1], xs[1:]):
+                iy0, iy1 = max(y0 - tile_pad, 0), min(y1 + tile_pad, h)
+                ix0, ix1 = max(x0 - tile_pad, 0), min(x1 + tile_pad, w)
+                piece = lr[..., iy0:iy1, ix0:ix1].to(device=device, dtype=dtype)
+                sr = model(piece)
+                th, tw = iy1 - iy0, ix1 - ix0
+                if scale is None:
+                    scale = sr.shape[-1] // tw
+                    if scale < 1 or sr.shape[-1] != scale * tw or sr.shape[-2] != scale * th:
+                        raise RuntimeError(
+                            f"the model maps a {th}x{tw} input to {tuple(sr.shape[-2:])}: not an integer "
+                            "upscaling, so it cannot be tiled")
+                    out = torch.empty((*lr.shape[:-3], sr.shape[-3], h * scale, w * scale),
+                                      dtype=lr.dtype, device=lr.device)
+                elif sr.shape[-2:] != (scale * th, scale * tw):
+                    raise RuntimeError(f"the model's output size is not {scale}x its input "
+                                       f"({th}x{tw} -> {tuple(sr.shape[-2:])})")
+                oy, ox = (y0 - iy0) * scale, (x0 - ix0) * scale
+                out[..., y0 * scale:y1 * scale, x0 * scale:x1 * scale] = \
+                    sr[..., oy:oy + (y1 - y0) * scale, ox:ox + (x1 - x0) * scale].to(device=lr.device, dtype=lr.dtype)
+                del sr, piece
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+    return out
+
+
+def upscale_pixels(model, pixels: np.ndarray, *, tile: int = 0, tile_pad: int = 16, progress=None) -> np.ndarray:
+    """Upscale one image given as float ``(H, W, C)`` in [0, 1], C = 1, 2, 3 or 4.
+
+    The model sees RGB: a grey image is repeated into three channels and its output turned back
+    into grey with BT.601 luma weights; an alpha channel is upscaled separately with MATLAB-style
+    bicubic (:func:`mesrgan.data.imresize`) to the model's output size.
+
+    Returns:
+        float32 ``(s*H, s*W, C)`` clamped to [0, 1].
+    """
+    from .data import imresize  # data is a sibling ingredient; imported here to keep this module light
+
+    if pixels.ndim != 3 or pixels.shape[2] not in (1, 2, 3, 4):
+        raise ValueError(f"pixels must be (H, W, C) with C in 1..4, got {pixels.shape}")
+    c = pixels.shape[2]
+    colour = pixels[..., :3] if c >= 3 else np.repeat(pixels[..., :1], 3, axis=2)
+    lr = torch.from_numpy(np.ascontiguousarray(colour, dtype=np.float32)).permute(2, 0, 1)[None]
+    sr = upscale_tensor(model, lr, tile=tile, tile_pad=tile_pad, progress=progress)[0]
+    if sr.shape[0] != 3:
+        raise RuntimeError(f"the model must output 3 channels (RGB), got {sr.shape[0]}")
+    scale = sr.shape[-1] // lr.shape[-1]
+    if c in (1, 2):
+        sr = sum(wt * ch for wt, ch in zip(_LUMA, sr))[None]
+    parts = [sr.clamp(0, 1)]
+    if c in (2, 4):
+        alpha = torch.from_numpy(np.ascontiguousarray(pixels[..., -1], dtype=np.float32))[None]
+        parts.append(imresize(alpha, scale).clamp(0, 1))
+    return torch.cat(parts).permute(1, 2, 0).numpy()

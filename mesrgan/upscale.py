@@ -1,0 +1,226 @@
+"""Upscale images with a trained generator.
+
+    python -m mesrgan.upscale INPUT... -o OUTPUT --weights CKPT [--model NAME] [--scale S]
+                              [--tile N] [--tile-pad P] [--half | --dtype DTYPE] [--device DEV]
+
+INPUT: image files and/or folders (their images, not recursive). OUTPUT: a folder (created), or a
+file name when there is exactly one input file. Each output keeps its input's format where the
+format can hold the result (PNG, JPEG, WebP, BMP, TIFF, PPM; others become PNG), its channels
+(grey stays grey, alpha is upscaled with bicubic resampling) and its bit depth (16-bit PNG stays
+16-bit). Large images go through the model in overlapping tiles (``--tile``), so memory does not
+grow with the image. A file that fails is reported and skipped; the exit status is 1 when any
+failed, 2 for a bad command line or checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+from .imageio import ImageReadError, is_image_file, read_image, write_image
+from .inference import upscale_tensor  # noqa: F401  (re-exported: mesrgan.upscale.upscale_tensor)
+from .inference import upscale_pixels
+
+__all__ = ["main", "upscale_tensor", "upscale_pixels"]
+
+# formats written as they were read; anything else (GIF, TGA, ...) is written as PNG
+_KEEP_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif", "PPM": ".ppm"}
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class UsageError(Exception):
+    """A problem with the command line or the checkpoint: nothing is processed."""
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="python -m mesrgan.upscale",
+        description="Upscale images (files or folders) with a SRGAN / ESRGAN / MESRGAN generator.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders of images")
+    p.add_argument("-o", "--output", required=True,
+                   help="output folder (created if needed), or an output file name for a single input file")
+    p.add_argument("--weights", required=True, metavar="CKPT",
+                   help="generator checkpoint: ours (last.pt, best.pt, generator .pt), a bare state dict, "
+                        "or published ESRGAN RRDBNet weights")
+    p.add_argument("--model", default=None, help="preset name, needed only when the checkpoint does not say "
+                   "(srgan, esrgan, mesrgan, esrgan-paper, mesrgan-paper)")
+    p.add_argument("--scale", type=int, default=None,
+                   help="expected upscaling factor; an error if the checkpoint's differs (default: the checkpoint's)")
+    p.add_argument("--tile", type=int, default=256,
+                   help="tile size in input pixels; 0 processes each image whole (default 256)")
+    p.add_argument("--tile-pad", type=int, default=16,
+                   help="context pixels around each tile, cropped after upscaling (default 16)")
+    prec = p.add_mutually_exclusive_group()
+    prec.add_argument("--half", action="store_true", help="float16 inference (CUDA only); same as --dtype float16")
+    prec.add_argument("--dtype", choices=sorted(_DTYPES), default=None,
+                      help="inference precision (default float32); float16/bfloat16 need CUDA")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (CUDA when available; default)")
+    p.add_argument("--suffix", default=None,
+                   help="added to each output file name before the extension (default _x<scale>; '' for none)")
+    p.add_argument("--format", dest="out_format", default="auto",
+                   choices=["auto", "png", "jpg", "webp", "bmp", "tif"],
+                   help="output format (default auto: the input's, see above)")
+    p.add_argument("--quality", type=int, default=95, help="JPEG / WebP quality (default 95)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only errors and the final summary")
+    return p
+
+
+def _resolve_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise UsageError(f"--device: {e}") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine (torch "
+                         f"{torch.__version__}, CUDA build {torch.version.cuda}); use --device cpu")
+    return device
+
+
+def _resolve_dtype(args, device):
+    dtype = torch.float16 if args.half else _DTYPES[args.dtype or "float32"]
+    if dtype != torch.float32 and device.type != "cuda":
+        flag = "--half" if args.half else f"--dtype {args.dtype}"
+        raise UsageError(f"{flag}: half precision (float16 / bfloat16) inference is CUDA-only; on {device.type} "
+                         "run in float32 (leave out the option), or pass --device cuda on a machine with an "
+                         "NVIDIA GPU")
+    return dtype
+
+
+def load_model(weights, model_name, device, dtype, scale=None):
+    """``load_generator`` with errors turned into one-line :class:`UsageError` messages."""
+    from .models import load_generator
+
+    if not os.path.exists(weights):
+        raise UsageError(f"--weights: checkpoint {weights!r} does not exist")
+    if os.path.isdir(weights):
+        raise UsageError(f"--weights: {weights!r} is a folder; pass a checkpoint file (e.g. runs/NAME/best.pt)")
+    try:
+        generator, info = load_generator(weights, model=model_name, device=device)
+    except (ValueError, RuntimeError, TypeError, KeyError) as e:
+        raise UsageError(f"--weights: cannot load {weights!r}: {e}") from e
+    got = info["config"].get("scale")
+    if scale is not None and got is not None and got != scale:
+        raise UsageError(f"--scale {scale}: the checkpoint {weights!r} holds a x{got} {info['model']} generator")
+    return generator.to(dtype=dtype), info
+
+
+def _collect_inputs(inputs):
+    """``[(path, error or None)]``: files as given, the images of folders (sorted)."""
+    found = []
+    for item in inputs:
+        if os.path.isdir(item):
+            files = sorted(os.path.join(item, f) for f in os.listdir(item)
+                           if is_image_file(f) and os.path.isfile(os.path.join(item, f)))
+            if not files:
+                found.append((item, "folder holds no image files"))
+            found.extend((f, None) for f in files)
+        else:
+            found.append((item, None))
+    return found
+
+
+def _output_path(src, loaded, args, scale, single_file_output):
+    if single_file_output:
+        return args.output
+    stem = os.path.splitext(os.path.basename(src))[0]
+    suffix = f"_x{scale}" if args.suffix is None else args.suffix
+    if args.out_format != "auto":
+        ext = "." + args.out_format
+    elif loaded.bit_depth == 16:
+        ext = ".png"  # the 16-bit writer is PNG-only
+    else:
+        ext = _KEEP_FORMATS.get(loaded.format, ".png")
+        src_ext = os.path.splitext(src)[1].lower()
+        if ext in (".jpg", ".tif") and src_ext in (".jpeg", ".jpg", ".tif", ".tiff"):
+            ext = src_ext  # keep the spelling of the input
+    if ext in (".jpg", ".jpeg") and loaded.pixels.shape[2] in (2, 4):
+        ext = ".png"  # JPEG has no alpha
+    return os.path.join(args.output, stem + suffix + ext)
+
+
+def _log(args, msg):
+    if not args.quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def run(args):
+    """Returns the exit status."""
+    if args.tile < 0 or args.tile_pad < 0:
+        raise UsageError(f"--tile and --tile-pad must be >= 0, got {args.tile} and {args.tile_pad}")
+    device = _resolve_device(args.device)
+    dtype = _resolve_dtype(args, device)
+    jobs = _collect_inputs(args.inputs)
+    out_ext = os.path.splitext(args.output)[1].lower()
+    single_file_output = (len(jobs) == 1 and not os.path.isdir(args.inputs[0]) and is_image_file(args.output)
+                          and not os.path.isdir(args.output))
+    if not single_file_output and out_ext and is_image_file(args.output):
+        raise UsageError(f"-o {args.output}: a file name needs exactly one input file; got {len(jobs)} inputs "
+                         "(pass a folder to -o)")
+    generator, info = load_model(args.weights, args.model, device, dtype, args.scale)
+    scale = info["config"].get("scale", args.scale)
+    _log(args, f"model: {info['model']} x{scale} from {args.weights} on {device} ({str(dtype).replace('torch.', '')})"
+               f", tile {args.tile or 'off'}, tile pad {args.tile_pad}")
+    if not single_file_output:
+        os.makedirs(args.output, exist_ok=True)
+    interactive = sys.stderr.isatty() and not args.quiet
+    failures, written, produced = [], [], {}
+    n = len(jobs)
+    for i, (src, error) in enumerate(jobs, 1):
+        t0 = time.perf_counter()
+        try:
+            if error:
+                raise ImageReadError(f"{src}: {error}")
+            loaded = read_image(src)
+            dst = _output_path(src, loaded, args, scale, single_file_output)
+            if os.path.abspath(dst) == os.path.abspath(src):
+                raise ValueError(f"output {dst} would overwrite its input; choose another -o or --suffix")
+            if os.path.abspath(dst) in produced:
+                raise ValueError(f"output {dst} was already written for {produced[os.path.abspath(dst)]} "
+                                 "(same file name in two input folders)")
+
+            def progress(done, total, i=i, src=src):
+                if interactive and total > 1:
+                    print(f"\r[{i}/{n}] {src}: tile {done}/{total}", end="", file=sys.stderr, flush=True)
+
+            try:
+                sr = upscale_pixels(generator, loaded.pixels, tile=args.tile, tile_pad=args.tile_pad,
+                                    progress=progress)
+            except torch.OutOfMemoryError as e:
+                raise RuntimeError(f"out of memory on {device}; try a smaller --tile (now {args.tile})") from e
+            if interactive:
+                print("\r", end="", file=sys.stderr)
+            # 16 bits only where the writer can store them (PNG); other formats get 8
+            bit_depth = loaded.bit_depth if dst.lower().endswith(".png") else 8
+            write_image(dst, sr, bit_depth=bit_depth, quality=args.quality)
+            produced[os.path.abspath(dst)] = src
+            written.append(dst)
+            h, w = loaded.pixels.shape[:2]
+            _log(args, f"[{i}/{n}] {src} -> {dst} ({w}x{h} -> {sr.shape[1]}x{sr.shape[0]}, "
+                       f"{time.perf_counter() - t0:.1f} s)")
+        except (ImageReadError, ValueError, RuntimeError, OSError) as e:
+            msg = str(e) if str(e).startswith(str(src)) else f"{src}: {e}"
+            failures.append(msg)
+            print(f"[{i}/{n}] error: {msg}", file=sys.stderr, flush=True)
+    summary = f"upscaled {len(written)} of {n} image{'s' if n != 1 else ''}"
+    if failures:
+        summary += f"; {len(failures)} failed:\n" + "\n".join(f"  {m}" for m in failures)
+    print(summary, file=sys.stderr)
+    return 1 if failures else 0
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
