@@ -1,0 +1,26 @@
+"""``python -m mesrgan.models --report``: parameters and MACs of every generator, as measured."""
+import argparse
+
+from .compute import compute_report, format_compute_table, layer_macs
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m mesrgan.models", description=__doc__)
+    parser.add_argument("--report", action="store_true", help="print the compute table (markdown)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 128], help="LR input sides (default: 32 128)")
+    parser.add_argument("--scale", type=int, default=4, choices=(2, 4))
+    args = parser.parse_args(argv)
+    if not args.report:
+        parser.print_help()
+        return 0
+    print(format_compute_table(compute_report(sizes=tuple(args.sizes), scale=args.scale)))
+    print()
+    for width in ("input", "output"):
+        conv, brb = layer_macs(hidden_width=width)
+        print(f"one 64→64 layer at 128×128, hidden={width}: conv 3×3 {conv / 1e8:.2f}e8 MACs, "
+              f"bottleneck {brb / 1e8:.2f}e8 MACs, ratio {brb / conv:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
