@@ -150,7 +150,7 @@ def write_png16(path, pixels: np.ndarray) -> None:
     h, w, c = pixels.shape
     if c not in _PNG_COLOR_TYPE:
         raise ValueError(f"write_png16: expected 1 to 4 channels, got {c}")
-    rows = pixels.astype(">u2").view(np.uint8).reshape(h, w * c * 2)
+    rows = np.ascontiguousarray(pixels, dtype=">u2").view(np.uint8).reshape(h, w * c * 2)
     # "Up" filter on every row: cheap to compute and compresses photographs well
     up = np.empty_like(rows)
     up[0] = rows[0]

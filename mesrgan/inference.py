@@ -125,4 +125,4 @@ def upscale_pixels(model, pixels: np.ndarray, *, tile: int = 0, tile_pad: int = 
     if c in (2, 4):
         alpha = torch.from_numpy(np.ascontiguousarray(pixels[..., -1], dtype=np.float32))[None]
         parts.append(imresize(alpha, scale).clamp(0, 1))
-    return torch.cat(parts).permute(1, 2, 0).numpy()
+    return torch.cat(parts).permute(1, 2, 0).contiguous().numpy()
