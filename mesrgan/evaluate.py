@@ -91,7 +91,7 @@ def to_rgb_uint8(pixels: np.ndarray) -> np.ndarray:
 
 
 def _to_tensor(img_u8):
-    return torch.from_numpy(np.ascontiguousarray(img_u8)).permute(2, 0, 1)[None].float() / 255
+    return torch.from_numpy(img_u8.astype(np.float32)).permute(2, 0, 1)[None] / 255
 
 
 def _to_uint8(t):

@@ -85,8 +85,8 @@ def _prepare(sr, hr, crop_border, y_channel):
         if sr.shape != hr.shape:
             raise ValueError(f"sr and hr must have the same shape, got {sr.shape} and {hr.shape}")
         # float64 on the CPU: torch does the arithmetic, numpy semantics are kept by the caller
-        x = torch.from_numpy(np.ascontiguousarray(sr)).permute(2, 0, 1)[None].double()
-        y = torch.from_numpy(np.ascontiguousarray(hr)).permute(2, 0, 1)[None].double()
+        x = torch.from_numpy(sr.astype(np.float64)).permute(2, 0, 1)[None]
+        y = torch.from_numpy(hr.astype(np.float64)).permute(2, 0, 1)[None]
         kind = "numpy"
     elif isinstance(sr, torch.Tensor) and isinstance(hr, torch.Tensor):
         for name, t in (("sr", sr), ("hr", hr)):
@@ -142,7 +142,7 @@ def rgb_to_y(img):
     if isinstance(img, np.ndarray):
         if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
             raise TypeError(f"img: expected a uint8 (H, W, 3) array, got {img.dtype} {img.shape}")
-        rgb = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].double()
+        rgb = torch.from_numpy(img.astype(np.float64)).permute(2, 0, 1)[None]
         return _y_of(rgb)[0, 0].numpy()
     if isinstance(img, torch.Tensor):
         if not img.is_floating_point() or img.ndim != 4 or img.shape[1] != 3:
