@@ -219,7 +219,7 @@ def format_table(rows, title, convention_text):
     if rows:
         lines.append(f"{'mean':<{name_w}}  {'':<{size_w}} | {cells(mean_of(rows, 'sr'))} | "
                      f"{cells(mean_of(rows, 'bicubic'))}")
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 # ---------------------------------------------------------------------------------------------

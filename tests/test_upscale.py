@@ -406,3 +406,26 @@ def test_python_dash_m_entry_point(tmp_path, ckpt):
     assert r.returncode == 0, r.stderr
     with Image.open(tmp_path / "o" / "a_x4.webp") as im:
         assert im.format == "WEBP" and im.size == (44, 36)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["esrgan", "mesrgan"])
+@pytest.mark.parametrize("dtype, atol", [(torch.float16, 2e-2), (torch.bfloat16, 6e-2)])
+def test_half_precision_tiles_on_cuda(name, dtype, atol):
+    model, _ = _tiny(name)
+    model = model.cuda()
+    lr = torch.rand(1, 3, 30, 26)  # stays on the CPU: only tiles travel to the GPU
+    ref = upscale_tensor(model, lr, tile=0)
+    out = upscale_tensor(model.to(dtype), lr, tile=12, tile_pad=_receptive_radius(_tiny(name)[0]))
+    assert out.device.type == "cpu" and out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, rtol=0, atol=atol)
+
+
+@pytest.mark.cuda
+def test_cli_half_on_cuda(tmp_path, ckpt):
+    weights, _ = ckpt
+    Image.fromarray((_photo(20, 24) * 255).astype(np.uint8)).save(tmp_path / "a.png")
+    assert main([str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--weights", weights, "--half",
+                 "--device", "cuda", "--tile", "8"]) == 0
+    with Image.open(tmp_path / "o" / "a_x4.png") as im:
+        assert im.size == (96, 80)
