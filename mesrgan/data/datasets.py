@@ -183,6 +183,7 @@ class CropDataset(torch.utils.data.Dataset):
         self.seed, self.augment, self.quantize_lr = int(seed), bool(augment), bool(quantize_lr)
         self._perm_epoch, self._perm = -1, None
         self._cache = {} if cache else None
+        self._bad = set()
 
     # ---- constructors -------------------------------------------------------------------
     @classmethod
@@ -249,9 +250,26 @@ class CropDataset(torch.utils.data.Dataset):
         k = int(k)
         if k < 0:
             raise IndexError(f"sample id must be >= 0, got {k}")
-        src = self.sources[self._image_index(k)]
+        idx = self._image_index(k)
+        while idx in self._bad and len(self._bad) < len(self.sources):
+            idx = (idx + 1) % len(self.sources)
+        for _ in range(len(self.sources)):
+            src = self.sources[idx]
+            try:
+                hr_img = self._load(src.hr)
+                lr_img = None if src.lr is None else self._load(src.lr)
+                break
+            except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+                # Headers were checked when scanning; a file that fails to decode only now (a
+                # truncated JPEG, say) is skipped from here on, and the next image stands in.
+                warnings.warn(f"skipping unreadable image {src.name}: {e}", stacklevel=2)
+                self._bad.add(idx)
+                idx = (idx + 1) % len(self.sources)
+                while idx in self._bad and len(self._bad) < len(self.sources):
+                    idx = (idx + 1) % len(self.sources)
+        else:
+            raise RuntimeError("every training image failed to decode")
         rng = np.random.default_rng([self.seed, 2, k])
-        hr_img = self._load(src.hr)
         s, c = self.scale, self.crop_size
         if src.lr is None:
             h, w = hr_img.shape[:2]
@@ -259,7 +277,6 @@ class CropDataset(torch.utils.data.Dataset):
             hr = _to_tensor(hr_img[y:y + c, x:x + c])
             lr = None
         else:
-            lr_img = self._load(src.lr)
             lc = c // s
             h, w = lr_img.shape[:2]
             y, x = int(rng.integers(0, h - lc + 1)), int(rng.integers(0, w - lc + 1))
