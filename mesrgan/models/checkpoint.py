@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import torch
 
-from .presets import GENERATORS, build_generator, generator_config
+from .presets import GENERATORS, _lookup, build_generator, generator_config
 
 FORMAT = "mesrgan-generator-v1"
 
@@ -180,8 +180,11 @@ def load_generator(source, model=None, device="cpu", **overrides):
         that does not fit the model it names.
     """
     obj = _read(source)
-    if model is not None and (not isinstance(model, str) or model.strip().lower() not in GENERATORS):
-        raise ValueError(f"model must be one of {sorted(GENERATORS)}, got {model!r}")
+    if model is not None:
+        try:
+            model = _lookup("generator", GENERATORS, model)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"model must be one of {sorted(GENERATORS)}, got {model!r}") from exc
     if "generator" in obj or "generator_ema" in obj or "format" in obj:
         if obj.get("format", FORMAT) != FORMAT:
             raise ValueError(f"unknown checkpoint format {obj['format']!r}; expected {FORMAT!r}")
@@ -207,7 +210,6 @@ def load_generator(source, model=None, device="cpu", **overrides):
     state = _normalise_keys(state)
     inferred_model, inferred = infer_generator(state)
     if model is not None:
-        model = model.strip().lower()
         for other in (stored_model, inferred_model):
             if other is not None and other != model:
                 raise ValueError(f"model={model!r} was asked for, but the checkpoint holds a {other!r} generator")
