@@ -9,6 +9,7 @@ from torch import nn
 from mesrgan.models import (GENERATORS, BottleneckResidualBlock, CheckpointNotFoundError, SRGANDiscriminator,
                             VGGFeatureExtractor, VGGStyleDiscriminator, build_discriminator, build_generator,
                             compute_report, count_macs, generator_checkpoint, layer_macs, load_generator)
+import mesrgan.models.__main__ as cli
 from mesrgan.models.__main__ import main as models_main
 from mesrgan.ops import DepthwiseConv3x3
 
@@ -399,6 +400,9 @@ def test_checkpoint_round_trip(name, tmp_path):
     # A bare state dict: the preset and its config are read off the keys and shapes.
     bare, info = load_generator(model.state_dict())
     assert info["model"] == name and info["format"] == "state_dict"
+    # ... also as saved from DataParallel around torch.compile.
+    wrapped = {f"module._orig_mod.{k}": v for k, v in model.state_dict().items()}
+    assert load_generator(wrapped)[1]["model"] == name
     for k, v in overrides.items():
         assert info["config"][k] == v, k
     # Overrides replace stored options (here the depthwise implementation).
@@ -452,6 +456,14 @@ def test_compute_report_ratios():
     assert m_in["depthwise"] > 0 and m_in["conv1x1"] > 0
 
 
-def test_report_command(capsys):
+def test_report_command(capsys, monkeypatch):
     assert models_main([]) == 0
     assert "--report" in capsys.readouterr().out
+    # The full default list takes a while on the meta device; the table code is the same.
+    models = (("esrgan", "esrgan", {"num_blocks": 1}, None),
+              ("mesrgan", "mesrgan", {"num_blocks": 1}, "esrgan"))
+    monkeypatch.setattr(cli, "compute_report", lambda **kw: compute_report(models, **kw))
+    assert models_main(["--report", "--sizes", "8", "--scale", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "| 8×8 | mesrgan |" in out and "| LR input | model | params (M) |" in out
+    assert "conv 3×3 6.04e8 MACs, bottleneck block 2.87e8 MACs, ratio 0.476" in out

@@ -67,8 +67,10 @@ _ESRGAN_REPO_RENAMES = ((r"^RRDB_trunk\.", "body."), (r"\.RDB(\d)\.", r".rdb\1."
 
 def _normalise_keys(state):
     state = {k: v for k, v in state.items()}
-    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel / DDP
-        state = {k[len("module."):]: v for k, v in state.items()}
+    # Wrappers' prefixes: DataParallel / DDP ("module.") and torch.compile ("_orig_mod.").
+    for prefix in ("module.", "_orig_mod.", "module."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
     if any(k.startswith("RRDB_trunk.") for k in state):
         for pattern, repl in _ESRGAN_REPO_RENAMES:
             state = {re.sub(pattern, repl, k): v for k, v in state.items()}
