@@ -241,17 +241,21 @@ def write_image(path, pixels: np.ndarray, *, bit_depth: int = 8, quality: int = 
     c = pixels.shape[2]
     if c not in (1, 2, 3, 4):
         raise ValueError(f"write_image: expected 1 to 4 channels, got {c}")
-    x = np.clip(np.nan_to_num(pixels.astype(np.float64)), 0.0, 1.0)
-    if bit_depth == 16:
-        if fmt != "PNG":
-            raise ValueError(f"{path}: 16-bit output needs a .png file name")
-        write_png16(path, np.rint(x * 65535.0).astype(np.uint16))
-        return
-    if bit_depth != 8:
+    if bit_depth not in (8, 16):
         raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
+    if bit_depth == 16 and fmt != "PNG":
+        raise ValueError(f"{path}: 16-bit output needs a .png file name")
     if fmt == "JPEG" and c in (2, 4):
         raise ValueError(f"{path}: JPEG cannot store an alpha channel; use .png or .webp")
-    arr = np.rint(x * 255.0).astype(np.uint8)
+    # float32 is exact enough to round to 16 bits, and half the memory of float64 for big outputs
+    x = np.nan_to_num(pixels.astype(np.float32, copy=True))
+    np.clip(x, 0.0, 1.0, out=x)
+    x *= 65535.0 if bit_depth == 16 else 255.0
+    np.rint(x, out=x)
+    if bit_depth == 16:
+        write_png16(path, x.astype(np.uint16))
+        return
+    arr = x.astype(np.uint8)
     im = Image.fromarray(arr[..., 0] if c == 1 else arr)  # L, LA, RGB or RGBA from the shape
     kwargs = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
     im.save(path, fmt, **kwargs)

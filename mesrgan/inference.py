@@ -43,7 +43,7 @@ def upscale_tensor(model, lr: torch.Tensor, *, tile: int = 0, tile_pad: int = 16
 
     Args:
         model: an ``nn.Module`` mapping ``(N, C, h, w)`` to ``(N, C', s*h, s*w)``; it runs on the
-            device and in the dtype of its parameters, under ``torch.inference_mode``.
+            device and in the dtype of its parameters, under ``torch.no_grad``.
         lr: ``(N, C, h, w)`` float tensor. Tiles are copied to the model's device and dtype one at a
             time, so ``lr`` and the result may stay on the CPU while the model is on a GPU.
         tile: tile size in LR pixels; ``0`` runs the whole image at once.
@@ -69,7 +69,9 @@ def upscale_tensor(model, lr: torch.Tensor, *, tile: int = 0, tile_pad: int = 16
     out = None
     scale = None
     done = 0
-    with torch.inference_mode():
+    # no_grad rather than inference_mode: the result must stay an ordinary tensor that callers
+    # may modify in place
+    with torch.no_grad():
         for y0, y1 in zip(ys[:-1], ys[1:]):
             for x0, x1 in zip(xs[:-1], xs[1:]):
                 iy0, iy1 = max(y0 - tile_pad, 0), min(y1 + tile_pad, h)
@@ -121,8 +123,8 @@ def upscale_pixels(model, pixels: np.ndarray, *, tile: int = 0, tile_pad: int = 
     scale = sr.shape[-1] // lr.shape[-1]
     if c in (1, 2):
         sr = sum(wt * ch for wt, ch in zip(_LUMA, sr))[None]
-    parts = [sr.clamp(0, 1)]
+    sr = sr.clamp_(0, 1)
     if c in (2, 4):
         alpha = torch.from_numpy(np.ascontiguousarray(pixels[..., -1], dtype=np.float32))[None]
-        parts.append(imresize(alpha, scale).clamp(0, 1))
-    return torch.cat(parts).permute(1, 2, 0).contiguous().numpy()
+        sr = torch.cat([sr, imresize(alpha, scale).clamp_(0, 1)])
+    return sr.permute(1, 2, 0).contiguous().numpy()
