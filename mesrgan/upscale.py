@@ -155,18 +155,16 @@ def run(args):
     device = _resolve_device(args.device)
     dtype = _resolve_dtype(args, device)
     jobs = _collect_inputs(args.inputs)
-    out_ext = os.path.splitext(args.output)[1].lower()
     single_file_output = (len(jobs) == 1 and not os.path.isdir(args.inputs[0]) and is_image_file(args.output)
                           and not os.path.isdir(args.output))
-    if not single_file_output and out_ext and is_image_file(args.output):
+    if not single_file_output and is_image_file(args.output) and not os.path.isdir(args.output):
         raise UsageError(f"-o {args.output}: a file name needs exactly one input file; got {len(jobs)} inputs "
                          "(pass a folder to -o)")
     generator, info = load_model(args.weights, args.model, device, dtype, args.scale)
     scale = info["config"].get("scale", args.scale)
     _log(args, f"model: {info['model']} x{scale} from {args.weights} on {device} ({str(dtype).replace('torch.', '')})"
                f", tile {args.tile or 'off'}, tile pad {args.tile_pad}")
-    if not single_file_output:
-        os.makedirs(args.output, exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)) if single_file_output else args.output, exist_ok=True)
     interactive = sys.stderr.isatty() and not args.quiet
     failures, written, produced = [], [], {}
     n = len(jobs)
@@ -193,7 +191,7 @@ def run(args):
             except torch.OutOfMemoryError as e:
                 raise RuntimeError(f"out of memory on {device}; try a smaller --tile (now {args.tile})") from e
             if interactive:
-                print("\r", end="", file=sys.stderr)
+                print("\r\033[K", end="", file=sys.stderr)  # clear the tile counter
             # 16 bits only where the writer can store them (PNG); other formats get 8
             bit_depth = loaded.bit_depth if dst.lower().endswith(".png") else 8
             write_image(dst, sr, bit_depth=bit_depth, quality=args.quality)
@@ -202,7 +200,7 @@ def run(args):
             h, w = loaded.pixels.shape[:2]
             _log(args, f"[{i}/{n}] {src} -> {dst} ({w}x{h} -> {sr.shape[1]}x{sr.shape[0]}, "
                        f"{time.perf_counter() - t0:.1f} s)")
-        except (ImageReadError, ValueError, RuntimeError, OSError) as e:
+        except (ImageReadError, ValueError, RuntimeError, OSError, MemoryError) as e:
             msg = str(e) if str(e).startswith(str(src)) else f"{src}: {e}"
             failures.append(msg)
             print(f"[{i}/{n}] error: {msg}", file=sys.stderr, flush=True)

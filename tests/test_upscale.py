@@ -429,3 +429,21 @@ def test_cli_half_on_cuda(tmp_path, ckpt):
                  "--device", "cuda", "--tile", "8"]) == 0
     with Image.open(tmp_path / "o" / "a_x4.png") as im:
         assert im.size == (96, 80)
+
+
+def test_cli_output_name_conflicts(tmp_path, ckpt, capsys):
+    weights, _ = ckpt
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        Image.fromarray((_photo(8, 9, ord(d)) * 255).astype(np.uint8)).save(tmp_path / d / "same.png")
+    # a file name as -o needs exactly one input
+    assert main([str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "x.png"), "--weights", weights]) == 2
+    assert "a file name needs exactly one input file" in capsys.readouterr().err
+    # two inputs with one name: the first is written, the second is reported instead of overwriting it
+    assert main([str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "o"), "--weights", weights]) == 1
+    err = capsys.readouterr().err
+    assert "was already written for" in err and "upscaled 1 of 2 images" in err
+    # never overwrite an input
+    assert main([str(tmp_path / "a" / "same.png"), "-o", str(tmp_path / "a"), "--suffix", "", "--weights",
+                 weights]) == 1
+    assert "would overwrite its input" in capsys.readouterr().err
