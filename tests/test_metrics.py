@@ -189,13 +189,14 @@ def test_numpy_path_is_float64_and_returns_float():
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("y_channel", [False, True])
-def test_tensor_path_matches_numpy_per_image(device, dtype, y_channel):
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_tensor_path_matches_numpy_per_image(device, dtype, y_channel, layout):
     device = _device(device)
     rng = np.random.default_rng(6)
     hrs = [_rand_image(rng, 24, 21) for _ in range(3)]
     srs = [np.clip(h.astype(int) + rng.integers(-20, 21, h.shape), 0, 255).astype(np.uint8) for h in hrs]
-    sr_t = _to_tensor(*srs).to(device, dtype)
-    hr_t = _to_tensor(*hrs).to(device, dtype)
+    sr_t = _to_tensor(*srs).to(device, dtype, memory_format=layout)
+    hr_t = _to_tensor(*hrs).to(device, dtype, memory_format=layout)
     # float32 cannot hold k / 255 exactly: the difference is ~1e-7 of 255 grey levels
     tol = {"psnr": 1e-4, "rmse": 1e-4, "ssim": 1e-6} if dtype == torch.float32 else \
           {"psnr": 1e-10, "rmse": 1e-10, "ssim": 1e-12}
