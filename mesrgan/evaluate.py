@@ -71,7 +71,8 @@ def build_parser():
     p.add_argument("--save-dir", default=None, metavar="DIR", help="write each SR image there as PNG")
     p.add_argument("--json", default=None, metavar="FILE", help="write all numbers there as JSON")
     p.add_argument("--metrics", choices=sorted(CONVENTIONS), default="standard",
-                   help="metric convention (default standard; see the module docstring)")
+                   help="standard (default): Y of BT.601, crop = scale, 11x11 Gaussian SSIM, as SR papers report; "
+                        "paper: the MESRGAN paper's Table II code: RGB, no crop, whole-image SSIM")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (CUDA when available; default)")
     p.add_argument("--tile", type=int, default=0,
                    help="run the model in tiles of this many LR pixels (default 0: whole images, exact)")

@@ -62,7 +62,7 @@ def build_parser():
                    help="added to each output file name before the extension (default _x<scale>; '' for none)")
     p.add_argument("--format", dest="out_format", default="auto",
                    choices=["auto", "png", "jpg", "webp", "bmp", "tif"],
-                   help="output format (default auto: the input's, see above)")
+                   help="output format (default auto: the input's own; GIF, TGA and other formats become PNG)")
     p.add_argument("--quality", type=int, default=95, help="JPEG / WebP quality (default 95)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors and the final summary")
     return p
