@@ -53,10 +53,10 @@ def upscale_tensor(model, lr: torch.Tensor, *, tile: int = 0, tile_pad: int = 16
     Returns:
         ``(N, C', s*h, s*w)`` on ``lr``'s device, in ``lr``'s dtype. The values are not clamped.
     """
-    if not isinstance(lr, torch.Tensor) or lr.ndim != 4 or not lr.is_floating_point():
-        raise ValueError(f"lr must be a float tensor (N, C, H, W), got "
-                         f"{lr.dtype if isinstance(lr, torch.Tensor) else type(lr).__name__} "
-                         f"{tuple(lr.shape) if isinstance(lr, torch.Tensor) else ''}")
+    if not isinstance(lr, torch.Tensor):
+        raise TypeError(f"lr must be a torch.Tensor, got {type(lr).__name__}")
+    if lr.ndim != 4 or not lr.is_floating_point():
+        raise ValueError(f"lr must be a float tensor (N, C, H, W), got {lr.dtype} {tuple(lr.shape)}")
     for name, v in (("tile", tile), ("tile_pad", tile_pad)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ValueError(f"{name} must be an int >= 0, got {v!r}")
