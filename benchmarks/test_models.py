@@ -1,0 +1,198 @@
+"""Model level: the paper's Table I (forward time per batch) and a training step, torch vs mesrgan.
+
+Ids read ``model-<pass>-<device>-float32-nchw-<model>-<impl>-b<batch>-lr<size>-cudnn-<tune>``:
+
+* pass: ``fwd`` = forward under ``torch.no_grad()`` in eval mode, as the paper's Table I measured it
+  (fp32, random LR input); ``train`` = zero_grad + forward + L1 loss against a random HR target +
+  backward + ``Adam.step()``;
+* model: ``srgan``, ``esrgan-paper`` and ``mesrgan-paper`` are the generators the MESRGAN authors ran
+  (``mesrgan.models.build_generator``); ``mesrgan-paper-out`` is ``mesrgan-paper`` with
+  ``hidden_width="output"`` (hidden width t × output channels instead of t × input);
+  ``esrgan``, ``mesrgan``, ``mesrgan-out`` (the 23-RRDB skeleton) can be added with --bench-models;
+* impl: ``torch`` = depthwise convs through ``F.conv2d(groups=C)`` (the paper's setting),
+  ``mesrgan`` = through our op. SRGAN and ESRGAN have no depthwise conv: they run once, as ``torch``;
+* lr: the LR input's side: 128 (the paper's Table I), 32 (the training crop: HR 128 / 4);
+* cudnn: ``torch.backends.cudnn.benchmark`` (the autotuner) ``off`` / ``on`` on CUDA, ``na`` on CPU.
+
+Sizes: CUDA and ``--bench-full`` run the paper's batches 1, 2, 4, 8, 16 at LR 128 and LR 32, and the
+training step at batch 16 (the paper's), LR 32. The CPU default keeps the suite under 10 minutes on
+2 cores: batches 1–16 at LR 32, batch 1 at LR 128, the training step at batch 4, at most 3 rounds.
+
+Correctness, once per model and device before any timing: the ``mesrgan`` model's output and
+parameter gradients against the ``torch`` model's with the same weights (fp32, TF32 off) on a small
+odd-sized batch; the op suite checks the op itself on every shape it times.
+"""
+import functools
+
+import pytest
+import torch
+
+from benchmarks._common import check_close, dtype_name, env_info, exact_fp32, run_benchmark
+
+# key -> (build_generator name, overrides, has depthwise convs)
+PRESETS = {
+    "srgan": ("srgan", {}, False),
+    "esrgan-paper": ("esrgan-paper", {}, False),
+    "mesrgan-paper": ("mesrgan-paper", {"hidden_width": "input"}, True),
+    "mesrgan-paper-out": ("mesrgan-paper", {"hidden_width": "output"}, True),
+    "esrgan": ("esrgan", {}, False),
+    "mesrgan": ("mesrgan", {"hidden_width": "input"}, True),
+    "mesrgan-out": ("mesrgan", {"hidden_width": "output"}, True),
+}
+BATCHES = (1, 2, 4, 8, 16)
+SCALE = 4
+CPU_DEFAULT_MAX_ROUNDS = 3
+MODEL_TOL = 1e-4  # ‖mesrgan − torch‖ / ‖torch‖ of a whole network's output / gradients in fp32
+
+
+def _sizes(settings, device):
+    """[(pass, lr, batch)] to run on ``device``."""
+    if settings.is_full(device):
+        fwd = [(lr, b) for lr in (128, 32) for b in BATCHES]
+        train = [(32, 16)]
+    else:
+        fwd = [(128, 1)] + [(32, b) for b in BATCHES]
+        train = [(32, 4)]
+    return [("fwd", lr, b) for lr, b in fwd] + [("train", lr, b) for lr, b in train]
+
+
+def _cases(settings):
+    unknown = [m for m in settings.models if m not in PRESETS]
+    if unknown:
+        raise pytest.UsageError(f"--bench-models: unknown preset(s) {unknown}; known: {', '.join(PRESETS)}")
+    cases = []
+    for device in settings.devices:
+        for pass_, lr, batch in _sizes(settings, device):
+            for key in settings.models:
+                impls = ("torch", "mesrgan") if PRESETS[key][2] else ("torch",)
+                for impl in impls:
+                    for tune in (("off", "on") if device == "cuda" else ("na",)):
+                        cases.append((pass_, device, key, impl, lr, batch, tune))
+    return cases
+
+
+def _case_id(case):
+    pass_, device, key, impl, lr, batch, tune = case
+    return f"model-{pass_}-{device}-float32-nchw-{key}-{impl}-b{batch}-lr{lr}-cudnn-{tune}"
+
+
+def pytest_generate_tests(metafunc):
+    if "model_case" in metafunc.fixturenames:
+        cases = _cases(metafunc.config._mesrgan_bench_settings)
+        metafunc.parametrize("model_case", cases, ids=[_case_id(c) for c in cases])
+
+
+def _build(key, impl, device, train=False):
+    from mesrgan.models import build_generator
+    name, overrides, has_dw = PRESETS[key]
+    if has_dw:
+        overrides = {**overrides, "impl": impl}
+    torch.manual_seed(0)  # same weights for both impls
+    model = build_generator(name, scale=SCALE, **overrides).to(device)
+    return model.train(train)
+
+
+@functools.lru_cache(maxsize=2)
+def _eval_model(key, impl, device):
+    return _build(key, impl, device)
+
+
+@functools.lru_cache(maxsize=None)
+def _model_info(key):
+    """Parameters and MACs per LR image, counted on the meta device (None where counting fails)."""
+    try:
+        from mesrgan.models import count_macs
+        with torch.device("meta"):
+            model = _build(key, "torch", "meta")
+        params = sum(p.numel() for p in model.parameters())
+        macs = {lr: count_macs(model, (1, 3, lr, lr)) for lr in (32, 128)}
+        return params, {lr: (m["total"], m.get("depthwise", 0)) for lr, m in macs.items()}
+    except Exception:  # informative only; the benchmark does not depend on it
+        return None, {}
+
+
+_checked = {}
+
+
+def _check_model(key, device):
+    """mesrgan vs torch impl on the same weights: output (eval) and gradients (train mode)."""
+    if (key, device) in _checked:
+        return _checked[(key, device)]
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 3, 24, 20, generator=g).to(device)
+    hr = torch.rand(2, 3, 24 * SCALE, 20 * SCALE, generator=g).to(device)
+    impls = ("torch", "mesrgan") if PRESETS[key][2] else ("torch",)
+    outs, grads = {}, {}
+    with exact_fp32():
+        for impl in impls:
+            model = _build(key, impl, device, train=True)
+            torch.nn.functional.l1_loss(model(x), hr).backward()
+            grads[impl] = [torch.zeros_like(p) if p.grad is None else p.grad for p in model.parameters()]
+            model.eval()
+            with torch.no_grad():
+                outs[impl] = model(x)
+    out = outs["torch"]
+    assert out.shape == (2, 3, 24 * SCALE, 20 * SCALE), f"{key}: output shape {tuple(out.shape)}"
+    assert torch.isfinite(out).all(), f"{key}: non-finite output"
+    err = 0.0
+    if "mesrgan" in outs:
+        err = check_close(f"{key} output, mesrgan vs torch impl", outs["mesrgan"], out, MODEL_TOL)
+        gm = torch.cat([t.flatten() for t in grads["mesrgan"]])
+        gt = torch.cat([t.flatten() for t in grads["torch"]])
+        err = max(err, check_close(f"{key} parameter gradients, mesrgan vs torch impl", gm, gt, MODEL_TOL))
+    _checked[(key, device)] = err
+    return err
+
+
+def test_model(benchmark, bench_settings, model_case):
+    pass_, device, key, impl, lr, batch, tune = model_case
+    benchmark.group = f"model {pass_} {device} lr{lr} b{batch} cudnn-{tune}"
+    try:
+        import mesrgan.models  # noqa: F401
+    except ImportError as e:
+        pytest.skip(f"mesrgan.models is not importable: {e}")
+
+    err = _check_model(key, device)
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(batch, 3, lr, lr, generator=g).to(device)
+    max_rounds = None if bench_settings.is_full(device) else CPU_DEFAULT_MAX_ROUNDS
+    tune_flag = {"on": True, "off": False}.get(tune)
+    old_tune = torch.backends.cudnn.benchmark
+    try:
+        if tune_flag is not None:
+            torch.backends.cudnn.benchmark = tune_flag
+        if pass_ == "fwd":
+            model = _eval_model(key, impl, device)
+
+            def step():
+                with torch.no_grad():
+                    model(x)
+        else:
+            model = _build(key, impl, device, train=True)
+            opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+            hr = torch.rand(batch, 3, lr * SCALE, lr * SCALE, generator=g).to(device)
+
+            def step():
+                opt.zero_grad(set_to_none=True)
+                torch.nn.functional.l1_loss(model(x), hr).backward()
+                opt.step()
+
+        run_benchmark(benchmark, step, device=device, settings=bench_settings, warmup=1 if max_rounds else 2,
+                      max_rounds=max_rounds)
+    finally:
+        torch.backends.cudnn.benchmark = old_tune
+        if device == "cuda":
+            torch.cuda.empty_cache()
+
+    params, macs = _model_info(key)
+    name, overrides, has_dw = PRESETS[key]
+    benchmark.extra_info.update(env_info(device))
+    benchmark.extra_info.update(
+        kind="model", pass_=pass_, model=key, preset=name, overrides={k: str(v) for k, v in overrides.items()},
+        has_depthwise=has_dw, impl=impl, dtype=dtype_name(torch.float32), layout="nchw", batch=batch, lr=lr,
+        hr=lr * SCALE, cudnn_benchmark=tune, params=params,
+        gmac_per_image=macs[lr][0] / 1e9 if lr in macs else None,
+        depthwise_gmac_per_image=macs[lr][1] / 1e9 if lr in macs else None,
+        input=f"random LR {batch}x3x{lr}x{lr} fp32" + (", no_grad, eval" if pass_ == "fwd" else
+                                                         ", train mode, L1 to random HR, Adam lr 1e-4"),
+        check_rel_err=err)
