@@ -57,7 +57,7 @@ def want_cuda():
 def main():
     use_cuda = want_cuda()
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-    cxx_flags = ["-O3", "-fno-math-errno"]
+    cxx_flags = ["-O3", "-fno-math-errno", "-Wno-psabi"]
     define_macros = []
     if use_cuda:
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():

@@ -80,6 +80,18 @@ at::Tensor as_kernel_layout(const at::Tensor& x, Layout* layout) {
   return x.contiguous();
 }
 
+std::tuple<at::Tensor, at::Tensor> split_sums(const at::Tensor& sums, at::ScalarType dtype, bool need_bias) {
+  // Always fresh, contiguous copies (never views into sums), so that the outputs' strides and
+  // storage offsets are the ones the fake kernel promises.
+  const int64_t C = sums.size(0);
+  at::Tensor grad_weight =
+      sums.narrow(1, 0, 9).to(dtype, /*non_blocking=*/false, /*copy=*/true, at::MemoryFormat::Contiguous);
+  at::Tensor grad_bias = need_bias
+                             ? sums.select(1, 9).to(dtype, false, true, at::MemoryFormat::Contiguous)
+                             : at::empty({0}, sums.options().dtype(dtype));
+  return {grad_weight.view({C, 1, 3, 3}), grad_bias};
+}
+
 TORCH_LIBRARY(mesrgan, m) {
   m.def("depthwise_conv3x3(Tensor x, Tensor weight, Tensor? bias=None, str activation=\"none\", "
         "float negative_slope=0.2) -> Tensor");

@@ -29,6 +29,9 @@ bool prefers_channels_last(const at::Tensor& x);
 // Returns x in the layout prefers_channels_last picks (a copy only when x is not already contiguous in it).
 at::Tensor as_kernel_layout(const at::Tensor& x, Layout* layout);
 
+// (C, 10) sums (9 taps, then the bias) -> fresh (grad_weight (C, 1, 3, 3), grad_bias (C,) or (0,)).
+std::tuple<at::Tensor, at::Tensor> split_sums(const at::Tensor& sums, at::ScalarType dtype, bool need_bias);
+
 // Backend kernels. weight is (C, 1, 3, 3); bias is (C,) or undefined.
 at::Tensor depthwise_conv3x3_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                                  const std::string& activation, double negative_slope);

@@ -195,9 +195,7 @@ std::tuple<at::Tensor, at::Tensor> depthwise_conv3x3_backward_weight_cuda(const 
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   }
-  at::Tensor grad_weight = sums.narrow(1, 0, 9).to(x.scalar_type()).reshape({C, 1, 3, 3}).contiguous();
-  at::Tensor grad_bias = need_bias ? sums.select(1, 9).to(x.scalar_type()).contiguous() : at::empty({0}, x.options());
-  return {grad_weight, grad_bias};
+  return split_sums(sums, x.scalar_type(), need_bias);
 }
 
 TORCH_LIBRARY_IMPL(mesrgan, CUDA, m) {

@@ -211,8 +211,9 @@ class DepthwiseConv3x3(nn.Module):
         self.negative_slope = float(negative_slope)
         self.impl = impl
         self.weight = nn.Parameter(torch.empty(channels, 1, 3, 3, device=device, dtype=dtype))
-        self.bias = nn.Parameter(torch.empty(channels, device=device, dtype=dtype)) if bias else None
-        if not bias:
+        if bias:
+            self.bias = nn.Parameter(torch.empty(channels, device=device, dtype=dtype))
+        else:
             self.register_parameter("bias", None)
         self.reset_parameters()
 
