@@ -128,7 +128,7 @@ def input_sets(tensor_bytes):
     return max(1, min(MAX_INPUT_SETS, math.ceil(COLD_BYTES / max(tensor_bytes, 1))))
 
 
-def device_time(fns, device, *, target_s=0.02, repeats=5):
+def device_time(fns, device, *, target_s=0.01, repeats=5):
     """Median seconds per call of back-to-back calls rotating through ``fns`` (one per input set).
 
     CUDA: CUDA events around the loop, no synchronisation between calls, so this is the device's

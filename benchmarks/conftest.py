@@ -19,6 +19,9 @@ def pytest_addoption(parser):
     group.addoption("--bench-models", default=DEFAULT_MODELS, metavar="LIST",
                     help="comma-separated model presets for Table I (default: %(default)s; "
                          "also: esrgan, mesrgan, mesrgan-out, the canonical 23-RRDB skeletons)")
+    group.addoption("--bench-keep-data", action="store_true", default=False,
+                    help="keep every round's time in --benchmark-json (dropped by default: the file "
+                         "would grow to megabytes; the statistics stay)")
 
 
 def pytest_configure(config):
@@ -51,3 +54,9 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     except Exception as e:  # the suite reports the failure itself; the header must still be written
         info["mesrgan"] = f"import failed: {e}"
     machine_info["mesrgan_bench"] = info
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    if not config.getoption("bench_keep_data"):
+        for b in output_json.get("benchmarks", []):
+            b.get("stats", {}).pop("data", None)
