@@ -63,6 +63,16 @@ void check_backward_weight_args(const at::Tensor& x, const at::Tensor& grad_out)
               x.device(), "), got ", grad_out.device());
 }
 
+void check_activation_backward_args(const at::Tensor& grad_out, const at::Tensor& out) {
+  TORCH_CHECK_VALUE(out.dim() == 4, "depthwise_conv3x3_activation_backward: out must be 4-D, got shape ", out.sizes());
+  TORCH_CHECK_VALUE(grad_out.sizes() == out.sizes(), "depthwise_conv3x3_activation_backward: grad_out must have out's "
+                    "shape ", out.sizes(), ", got ", grad_out.sizes());
+  TORCH_CHECK_TYPE(grad_out.scalar_type() == out.scalar_type(), "depthwise_conv3x3_activation_backward: grad_out "
+                   "dtype must match out (", out.scalar_type(), "), got ", grad_out.scalar_type());
+  TORCH_CHECK(grad_out.device() == out.device(), "depthwise_conv3x3_activation_backward: grad_out must be on out's "
+              "device (", out.device(), "), got ", grad_out.device());
+}
+
 bool prefers_channels_last(const at::Tensor& x) {
   // Mirrored exactly by mesrgan/ops/depthwise.py (_prefers_channels_last) for the fake kernel.
   const bool nchw = x.is_contiguous();
@@ -98,6 +108,10 @@ TORCH_LIBRARY(mesrgan, m) {
   // Reduction over (N, H, W) of x * shifted grad_out for each of the 9 taps (and of grad_out for the bias).
   // Returns (grad_weight (C, 1, 3, 3), grad_bias (C,) or an empty tensor when need_bias is false).
   m.def("depthwise_conv3x3_backward_weight(Tensor x, Tensor grad_out, bool need_bias) -> (Tensor, Tensor)");
+  // grad_out times the activation's slope at each output, read from the sign of the saved output
+  // `out` (whose sign matches the pre-activation's for negative_slope >= 0). Elementwise, one pass.
+  m.def("depthwise_conv3x3_activation_backward(Tensor grad_out, Tensor out, str activation, "
+        "float negative_slope) -> Tensor");
 }
 
 }  // namespace mesrgan

@@ -21,6 +21,7 @@ enum class Layout { NCHW, NHWC };
 void check_forward_args(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                         const std::string& activation, double negative_slope);
 void check_backward_weight_args(const at::Tensor& x, const at::Tensor& grad_out);
+void check_activation_backward_args(const at::Tensor& grad_out, const at::Tensor& out);
 
 // The layout rule: channels_last when x is NHWC- but not NCHW-contiguous, or, for any other strides,
 // when its channel stride is smaller than its width stride. The output takes the same layout.

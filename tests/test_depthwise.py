@@ -14,6 +14,7 @@ from mesrgan.ops import ACTIVATIONS, DepthwiseConv3x3, depthwise_conv3x3, depthw
 CUDA = pytest.mark.cuda
 OP = torch.ops.mesrgan.depthwise_conv3x3
 OP_BWD_W = torch.ops.mesrgan.depthwise_conv3x3_backward_weight
+OP_ACT_BWD = torch.ops.mesrgan.depthwise_conv3x3_activation_backward
 
 SHAPES = [
     (2, 3, 5, 7),
@@ -170,6 +171,20 @@ def test_opcheck(layout):
     torch.library.opcheck(OP, (x, w, b, "leaky_relu", 0.2))
     torch.library.opcheck(OP, (x.requires_grad_(), w.requires_grad_(), None, "relu6", 0.0))
     torch.library.opcheck(OP_BWD_W, (x.detach(), torch.randn_like(x), True))
+    y = depthwise_conv3x3(x.detach(), w.detach(), None, activation="leaky_relu")
+    torch.library.opcheck(OP_ACT_BWD, (torch.randn_like(x).requires_grad_(), y, "leaky_relu", 0.2))
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_activation_backward_matches_autograd(activation):
+    z = torch.randn(2, 3, 5, 6, dtype=torch.float64) * 8  # reaches both relu6 bounds
+    z[0, 0, 0, :3] = torch.tensor([0.0, 6.0, -0.0], dtype=torch.float64)  # the kinks themselves
+    zr = z.clone().requires_grad_()
+    from mesrgan.ops.depthwise import _activate
+    y = _activate(zr, activation, 0.3)
+    g = torch.randn_like(z)
+    (expected,) = torch.autograd.grad(y, zr, g)
+    torch.testing.assert_close(OP_ACT_BWD(g, y.detach(), activation, 0.3), expected, rtol=0, atol=0)
 
 
 def test_torch_compile_fullgraph():
@@ -269,6 +284,8 @@ def test_errors_name_the_argument():
         OP(x, w, b, "swish", 0.2)
     with pytest.raises(ValueError, match=r"grad_out must have x's shape"):
         OP_BWD_W(x, x[:1], True)
+    with pytest.raises(ValueError, match=r"grad_out must have out's shape"):
+        OP_ACT_BWD(x[:1], x, "relu", 0.0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second device type")

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 
 #ifdef __linux__
 #include <sys/mman.h>
@@ -137,7 +138,43 @@ std::tuple<at::Tensor, at::Tensor> depthwise_conv3x3_backward_weight_cpu(const a
   return split_sums(sums, x.scalar_type(), need_bias);
 }
 
+at::Tensor depthwise_conv3x3_activation_backward_cpu(const at::Tensor& grad_out_in, const at::Tensor& out_in,
+                                                     const std::string& activation, double negative_slope) {
+  check_activation_backward_args(grad_out_in, out_in);
+  const int act = static_cast<int>(parse_activation(activation));
+  Layout layout;
+  const at::Tensor g = as_kernel_layout(grad_out_in, &layout);
+  const at::Tensor y =
+      layout == Layout::NHWC ? out_in.contiguous(at::MemoryFormat::ChannelsLast) : out_in.contiguous();
+  at::Tensor r = at::empty_like(g);
+  advise_huge_pages(r);
+  const int64_t n = r.numel();
+  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "depthwise_conv3x3_activation_backward_cpu", [&] {
+    const scalar_t* gp = g.data_ptr<scalar_t>();
+    const scalar_t* yp = y.data_ptr<scalar_t>();
+    scalar_t* rp = r.data_ptr<scalar_t>();
+    const scalar_t slope = static_cast<scalar_t>(negative_slope);
+    at::parallel_for(0, n, 1 << 15, [&](int64_t begin, int64_t end) {
+      switch (act) {
+        case 1:
+          for (int64_t i = begin; i < end; ++i) rp[i] = yp[i] > 0 ? gp[i] : scalar_t(0);
+          break;
+        case 2:
+          for (int64_t i = begin; i < end; ++i) rp[i] = (yp[i] > 0 && yp[i] < 6) ? gp[i] : scalar_t(0);
+          break;
+        case 3:
+          for (int64_t i = begin; i < end; ++i) rp[i] = yp[i] > 0 ? gp[i] : gp[i] * slope;
+          break;
+        default:
+          std::memcpy(rp + begin, gp + begin, sizeof(scalar_t) * (end - begin));
+      }
+    });
+  });
+  return r;
+}
+
 TORCH_LIBRARY_IMPL(mesrgan, CPU, m) {
+  m.impl("depthwise_conv3x3_activation_backward", &depthwise_conv3x3_activation_backward_cpu);
   m.impl("depthwise_conv3x3", &depthwise_conv3x3_cpu);
   m.impl("depthwise_conv3x3_backward_weight", &depthwise_conv3x3_backward_weight_cpu);
 }

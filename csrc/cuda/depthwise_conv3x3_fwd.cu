@@ -155,7 +155,44 @@ void launch_nhwc(const at::Tensor& x, const at::Tensor& w, const scalar_t* bp, a
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+template <typename scalar_t>
+__global__ void activation_backward_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ y,
+                                           scalar_t* __restrict__ r, int64_t n, int act, float slope) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float gv = static_cast<float>(g[i]), yv = static_cast<float>(y[i]);
+    float out = gv;
+    if (act == 1) out = yv > 0.f ? gv : 0.f;
+    else if (act == 2) out = (yv > 0.f && yv < 6.f) ? gv : 0.f;
+    else if (act == 3) out = yv > 0.f ? gv : gv * slope;
+    r[i] = static_cast<scalar_t>(out);
+  }
+}
+
 }  // namespace
+
+at::Tensor depthwise_conv3x3_activation_backward_cuda(const at::Tensor& grad_out_in, const at::Tensor& out_in,
+                                                      const std::string& activation, double negative_slope) {
+  check_activation_backward_args(grad_out_in, out_in);
+  const c10::cuda::CUDAGuard guard(grad_out_in.device());
+  const int act = static_cast<int>(parse_activation(activation));
+  Layout layout;
+  const at::Tensor g = as_kernel_layout(grad_out_in, &layout);
+  const at::Tensor y =
+      layout == Layout::NHWC ? out_in.contiguous(at::MemoryFormat::ChannelsLast) : out_in.contiguous();
+  at::Tensor r = at::empty_like(g);
+  const int64_t n = r.numel();
+  if (n == 0) return r;
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream(g.get_device()).stream();
+  const int64_t blocks = std::min<int64_t>((n + 255) / 256, static_cast<int64_t>(multiprocessor_count(g.get_device())) * 32);
+  MESRGAN_DISPATCH_CUDA_TYPES(g.scalar_type(), "depthwise_conv3x3_activation_backward_cuda", [&] {
+    activation_backward_kernel<scalar_t><<<blocks, 256, 0, stream>>>(
+        g.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(), n, act,
+        static_cast<float>(negative_slope));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return r;
+}
 
 at::Tensor depthwise_conv3x3_cuda(const at::Tensor& x_in, const at::Tensor& weight_in,
                                   const c10::optional<at::Tensor>& bias_in, const std::string& activation,
@@ -201,7 +238,10 @@ at::Tensor depthwise_conv3x3_cuda(const at::Tensor& x_in, const at::Tensor& weig
   return y;
 }
 
-TORCH_LIBRARY_IMPL(mesrgan, CUDA, m) { m.impl("depthwise_conv3x3", &depthwise_conv3x3_cuda); }
+TORCH_LIBRARY_IMPL(mesrgan, CUDA, m) {
+  m.impl("depthwise_conv3x3", &depthwise_conv3x3_cuda);
+  m.impl("depthwise_conv3x3_activation_backward", &depthwise_conv3x3_activation_backward_cuda);
+}
 
 }  // namespace cuda
 }  // namespace mesrgan

@@ -1,12 +1,13 @@
 """Python face of ``torch.ops.mesrgan.depthwise_conv3x3``: fake kernels, autograd, ``nn.Module``.
 
-The compiled op does the forward (convolution + bias + activation in one pass) and the weight /
-bias reduction. The backward is assembled here from those two ops only, so that every derivative
-of every order runs through compiled kernels:
+The compiled ops do the forward (convolution + bias + activation in one pass), the activation's
+backward and the weight / bias reduction. The backward is assembled here from those three ops
+only, so that every derivative of every order runs through compiled kernels:
 
 * grad_input  = depthwise_conv3x3(grad_pre, weight rotated 180°)   (the forward op again)
 * grad_weight, grad_bias = depthwise_conv3x3_backward_weight(x, grad_pre)
-* grad_pre    = grad_output masked by the activation's slope, read from the saved output.
+* grad_pre    = depthwise_conv3x3_activation_backward(grad_output, output): grad_output times the
+  activation's slope, read from the sign of the saved output.
 
 Because the activation's slope is read from the sign of the output, leaky_relu needs
 ``negative_slope >= 0``.
@@ -24,6 +25,7 @@ IMPLS = ("auto", "mesrgan", "torch")
 
 _op = torch.ops.mesrgan.depthwise_conv3x3.default
 _op_bwd_weight = torch.ops.mesrgan.depthwise_conv3x3_backward_weight.default
+_op_act_bwd = torch.ops.mesrgan.depthwise_conv3x3_activation_backward.default
 
 
 def _check_activation(activation, negative_slope):
@@ -98,21 +100,16 @@ def _fake_forward(x, weight, bias=None, activation="none", negative_slope=0.2):
     return torch.empty_like(x, memory_format=fmt)
 
 
+@torch.library.register_fake("mesrgan::depthwise_conv3x3_activation_backward")
+def _fake_activation_backward(grad_out, out, activation, negative_slope):
+    fmt = torch.channels_last if _prefers_channels_last(grad_out) else torch.contiguous_format
+    return torch.empty_like(grad_out, memory_format=fmt)
+
+
 @torch.library.register_fake("mesrgan::depthwise_conv3x3_backward_weight")
 def _fake_backward_weight(x, grad_out, need_bias):
     C = x.shape[1]
     return x.new_empty((C, 1, 3, 3)), x.new_empty((C,) if need_bias else (0,))
-
-
-def _activation_backward(grad_y, y, activation, negative_slope):
-    """Gradient at the pre-activation, from the saved output y (whose sign matches the input's)."""
-    if activation == "relu":
-        return torch.where(y > 0, grad_y, torch.zeros_like(grad_y))
-    if activation == "relu6":
-        return torch.where((y > 0) & (y < 6), grad_y, torch.zeros_like(grad_y))
-    if activation == "leaky_relu":
-        return torch.where(y > 0, grad_y, grad_y * negative_slope)
-    return grad_y
 
 
 def _setup_forward(ctx, inputs, output):
@@ -125,7 +122,7 @@ def _setup_forward(ctx, inputs, output):
 def _backward_forward(ctx, grad_y):
     x, weight, y = ctx.saved_tensors
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
-    grad_pre = _activation_backward(grad_y, y, ctx.activation, ctx.negative_slope)
+    grad_pre = grad_y if ctx.activation == "none" else _op_act_bwd(grad_y, y, ctx.activation, ctx.negative_slope)
     grad_x = grad_w = grad_b = None
     if need_x:
         grad_x = _op(grad_pre, weight.flip((2, 3)), None, "none", 0.0)
@@ -139,6 +136,24 @@ def _backward_forward(ctx, grad_y):
 
 
 torch.library.register_autograd("mesrgan::depthwise_conv3x3", _backward_forward, setup_context=_setup_forward)
+
+
+def _setup_activation_backward(ctx, inputs, output):
+    _, out, activation, negative_slope = inputs
+    ctx.activation = activation
+    ctx.negative_slope = negative_slope
+    ctx.save_for_backward(out)
+
+
+def _backward_activation_backward(ctx, grad):
+    # Linear in grad_out with the same mask; the mask is piecewise constant in out (zero derivative).
+    (out,) = ctx.saved_tensors
+    grad_g = _op_act_bwd(grad, out, ctx.activation, ctx.negative_slope) if ctx.needs_input_grad[0] else None
+    return grad_g, None, None, None
+
+
+torch.library.register_autograd("mesrgan::depthwise_conv3x3_activation_backward", _backward_activation_backward,
+                                setup_context=_setup_activation_backward)
 
 
 def _setup_backward_weight(ctx, inputs, output):
