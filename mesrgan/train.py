@@ -436,7 +436,9 @@ class Trainer:
             if self.D is not None:
                 # Each rank keeps its own batch-norm statistics: broadcasting buffers on every
                 # forward would also clash with the several discriminator passes per step.
-                self.D_train = DDP(self.D, device_ids=ids, broadcast_buffers=False)
+                with warnings.catch_warnings():  # newer torch renames the flag; the old one still works
+                    warnings.simplefilter("ignore", FutureWarning)
+                    self.D_train = DDP(self.D, device_ids=ids, broadcast_buffers=False)
 
         self.train_set = self._build_train_set()
         self.val_set = self._build_val_set()
@@ -909,6 +911,11 @@ class Trainer:
                 hr = hr.contiguous(memory_format=torch.channels_last)
             self._set_lr(stage, it)
             logs = step(lr, hr)
+            if self.dist.enabled:  # log the loss of the global batch, not rank 0's share
+                keys = sorted(logs)
+                t = torch.stack([logs[k].float() for k in keys])
+                torch.distributed.all_reduce(t)
+                logs = dict(zip(keys, t / self.dist.world_size))
             self._update_ema()
             it += 1
             done_here += 1
