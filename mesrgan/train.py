@@ -372,6 +372,12 @@ def _vgg_cache_file():
     return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(VGG19_URL))
 
 
+def _worker_init(_worker_id):
+    # Ctrl-C reaches the whole process group; the main process saves a checkpoint and shuts the
+    # workers down, so they must not die on it first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class _Dist:
     """torchrun's environment: rank, world size, local rank."""
 
@@ -464,6 +470,9 @@ class Trainer:
         if cfg["amp"] != "none" and dev.type != "cuda":
             raise SystemExit(f"error: --amp {cfg['amp']} needs a CUDA device; this run is on {dev}")
         self.device = dev
+        if cfg["batch_size"] % dist.world_size:
+            raise SystemExit(f"error: --batch-size {cfg['batch_size']} (the global batch) must be divisible by "
+                             f"the number of processes, {dist.world_size}")
         if dist.enabled and not torch.distributed.is_initialized():
             torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
 
@@ -806,7 +815,8 @@ class Trainer:
         return torch.utils.data.DataLoader(
             self.train_set, batch_size=sampler.per_rank, sampler=sampler, num_workers=workers,
             pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
-            prefetch_factor=4 if workers > 0 else None, drop_last=False)
+            prefetch_factor=4 if workers > 0 else None, drop_last=False,
+            worker_init_fn=_worker_init if workers > 0 else None)
 
     def _write_metrics(self, record):
         if not self.dist.main:

@@ -297,10 +297,17 @@ def test_ddp_two_cpu_processes_match_one(assets, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     common = ["--psnr-iters", "2", "--gan-iters", "1", "--batch-size", "4"]
     assert T.main(tiny(assets, one, *common)) == 0
-    env = ENV1
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        "-m", "mesrgan.train", *tiny(assets, two, *common)], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=120)
+    # Its own process group, so that a hang cannot leave worker processes behind.
+    p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "mesrgan.train", *tiny(assets, two, *common)], cwd=ROOT, env=ENV1,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = p.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+        pytest.fail("the 2-process run did not finish in 180 s")
+    r = subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert r.stdout.count("[psnr] 1/2") == 1 and "done" in r.stdout  # only rank 0 logs
     m1, m2 = _metrics(one), _metrics(two)
