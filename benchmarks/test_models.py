@@ -61,11 +61,11 @@ def _cases(settings):
     if unknown:
         raise pytest.UsageError(f"--bench-models: unknown preset(s) {unknown}; known: {', '.join(PRESETS)}")
     cases = []
+    # Model and impl outermost: each network is built once for all its sizes.
     for device in settings.devices:
-        for pass_, lr, batch in _sizes(settings, device):
-            for key in settings.models:
-                impls = ("torch", "mesrgan") if PRESETS[key][2] else ("torch",)
-                for impl in impls:
+        for key in settings.models:
+            for impl in (("torch", "mesrgan") if PRESETS[key][2] else ("torch",)):
+                for pass_, lr, batch in _sizes(settings, device):
                     for tune in (("off", "on") if device == "cuda" else ("na",)):
                         cases.append((pass_, device, key, impl, lr, batch, tune))
     return cases
