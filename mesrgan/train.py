@@ -270,6 +270,10 @@ def _validate(cfg):
     need(cfg["gan_type"] in ("gan", "ragan"), f"gan-type must be gan or ragan, got {cfg['gan_type']!r}")
     need(not cfg["data_lr"] or len(cfg["data_lr"]) == len(cfg["data"]),
          f"--data-lr must be given once per --data folder ({len(cfg['data'])} --data, {len(cfg['data_lr'])} --data-lr)")
+    for table in ("generator", "discriminator"):
+        need(isinstance(cfg[table], dict), f"{table} options must be a table of KEY = VALUE, got {cfg[table]!r}")
+    need("scale" not in cfg["generator"], "the generator's scale is set with --scale, not --g-opt")
+    need("input_size" not in cfg["discriminator"], "the discriminator's input_size follows --crop-size")
     for k in ("psnr_milestones", "gan_milestones"):
         need(isinstance(cfg[k], list) and all(isinstance(m, int) and m > 0 for m in cfg[k]),
              f"{k.replace('_', '-')} must be a list of positive iterations, got {cfg[k]!r}")
@@ -799,13 +803,21 @@ class Trainer:
         for s, h in getattr(self, "_old_handlers", {}).items():
             signal.signal(s, h)
 
-    def _should_stop(self, done_here):
-        flag = self._stop_signal is not None or (self.cfg["stop_after"] and done_here >= self.cfg["stop_after"])
-        if self.dist.enabled:
-            t = torch.tensor([1.0 if flag else 0.0], device=self.device if self.device.type == "cuda" else "cpu")
-            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-            flag = bool(t.item())
-        return flag
+    def _should_stop(self, done_here, last):
+        """--stop-after is the same on every rank; a signal may reach only some ranks, so with
+        several processes they agree on it every 10 iterations (and at the end of a stage)."""
+        if self.cfg["stop_after"] and done_here >= self.cfg["stop_after"]:
+            return True
+        if not self.dist.enabled:
+            return self._stop_signal is not None
+        if done_here % 10 and not last:
+            return False
+        t = torch.tensor([1.0 if self._stop_signal is not None else 0.0],
+                         device=self.device if self.device.type == "cuda" else "cpu")
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        if t.item() and self._stop_signal is None:
+            self._stop_signal = signal.SIGTERM  # another rank was told to stop
+        return bool(t.item())
 
     def _loader(self, start_iteration, iters):
         cfg, dist = self.cfg, self.dist
@@ -826,7 +838,7 @@ class Trainer:
         if self.tb is not None:
             step = record["iteration"] + (self.cfg["psnr_iters"] if record["stage"] == "gan" else 0)
             for k, v in record.items():
-                if isinstance(v, (int, float)) and k not in ("iteration",):
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("iteration", "time"):
                     self.tb.add_scalar(f"{record['stage']}/{k}", v, step)
 
     def _open_tensorboard(self):
@@ -906,9 +918,11 @@ class Trainer:
         self.G_train.train()
         if self.D_train is not None:
             self.D_train.train()
-        if it < iters:
-            self.log(f"stage {stage}: iterations {it + 1}..{iters}, batch {cfg['batch_size']}, "
-                     f"lr {_lr_at(*self._schedule(stage), cfg['lr_gamma'], it):g}")
+        if it >= iters:  # resumed from a checkpoint written at the very end of this stage
+            self._end_stage(stage)
+            return False, done_here
+        self.log(f"stage {stage}: iterations {it + 1}..{iters}, batch {cfg['batch_size']}, "
+                 f"lr {_lr_at(*self._schedule(stage), cfg['lr_gamma'], it):g}")
         tty = sys.stdout.isatty()
         t_last = t_bar = time.perf_counter()
         it_last = it
@@ -921,22 +935,24 @@ class Trainer:
                 hr = hr.contiguous(memory_format=torch.channels_last)
             self._set_lr(stage, it)
             logs = step(lr, hr)
-            if self.dist.enabled:  # log the loss of the global batch, not rank 0's share
-                keys = sorted(logs)
-                t = torch.stack([logs[k].float() for k in keys])
-                torch.distributed.all_reduce(t)
-                logs = dict(zip(keys, t / self.dist.world_size))
             self._update_ema()
             it += 1
             done_here += 1
             self.state["iteration"] = it
+            # Summed as tensors on the device: no GPU synchronisation until a log line is due.
             for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+                sums[k] = sums[k] + v.float() if k in sums else v.float()
             count += 1
             now = time.perf_counter()
             if it % cfg["log_every"] == 0 or it == iters:
                 rate = (it - it_last) / max(now - t_last, 1e-9)
-                means = {k: v / count for k, v in sums.items()}
+                keys = sorted(sums)
+                t = torch.stack([sums[k] for k in keys]) / count
+                if self.dist.enabled:  # the loss of the global batch, not rank 0's share
+                    torch.distributed.all_reduce(t)
+                    t = t / self.dist.world_size
+                means = {k: float(v) for k, v in zip(keys, t.cpu())}
+                means = {k: means[k] for k in logs}  # in the step's order
                 self._write_metrics({"stage": stage, "iteration": it,
                                      "lr": self.opt_g.param_groups[0]["lr"], **means,
                                      "it_per_s": rate, "time": time.time()})
@@ -954,7 +970,7 @@ class Trainer:
             if it % cfg["val_every"] == 0 or it == iters:
                 self._validate_and_keep_best(stage, it)
             last = it == iters
-            stop = self._should_stop(done_here)
+            stop = self._should_stop(done_here, last)
             if it % cfg["save_every"] == 0 or last or stop:
                 self.save_last()
             if last:

@@ -124,6 +124,10 @@ def test_config_file_round_trip_and_precedence(tmp_path):
         T.resolve_config(["--config", str(bad)])
     with pytest.raises(SystemExit, match="multiple of scale"):
         T.resolve_config(["--crop-size", "30"])
+    with pytest.raises(SystemExit, match="set with --scale"):
+        T.resolve_config(["--g-opt", "scale=2"])
+    with pytest.raises(SystemExit, match="no such file"):
+        T.resolve_config(["--config", str(tmp_path / "nope.toml")])
 
 
 def test_both_stages_write_loadable_checkpoints(assets, tmp_path):
