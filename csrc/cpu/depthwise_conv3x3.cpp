@@ -150,24 +150,9 @@ at::Tensor depthwise_conv3x3_activation_backward_cpu(const at::Tensor& grad_out_
   advise_huge_pages(r);
   const int64_t n = r.numel();
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "depthwise_conv3x3_activation_backward_cpu", [&] {
-    const scalar_t* gp = g.data_ptr<scalar_t>();
-    const scalar_t* yp = y.data_ptr<scalar_t>();
-    scalar_t* rp = r.data_ptr<scalar_t>();
-    const scalar_t slope = static_cast<scalar_t>(negative_slope);
     at::parallel_for(0, n, 1 << 15, [&](int64_t begin, int64_t end) {
-      switch (act) {
-        case 1:
-          for (int64_t i = begin; i < end; ++i) rp[i] = yp[i] > 0 ? gp[i] : scalar_t(0);
-          break;
-        case 2:
-          for (int64_t i = begin; i < end; ++i) rp[i] = (yp[i] > 0 && yp[i] < 6) ? gp[i] : scalar_t(0);
-          break;
-        case 3:
-          for (int64_t i = begin; i < end; ++i) rp[i] = yp[i] > 0 ? gp[i] : gp[i] * slope;
-          break;
-        default:
-          std::memcpy(rp + begin, gp + begin, sizeof(scalar_t) * (end - begin));
-      }
+      MESRGAN_CPU_CALL(act_bwd<scalar_t>, g.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(),
+                       begin, end, act, static_cast<scalar_t>(negative_slope));
     });
   });
   return r;

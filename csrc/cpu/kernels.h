@@ -382,12 +382,43 @@ void bwdw_nhwc(const T* x, const T* g, int64_t C, int64_t H, int64_t W, int64_t 
   flush();
 }
 
+// Activation backward on [begin, end): r = g * slope of the activation at y, with vector selects
+// (a branch on the random signs of y would be mispredicted half the time).
+template <typename T>
+void act_bwd(const T* __restrict__ g, const T* __restrict__ y, T* __restrict__ r, int64_t begin, int64_t end,
+             int act, T slope) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::L;
+  if (act == 0) {
+    std::memcpy(r + begin, g + begin, sizeof(T) * (end - begin));
+    return;
+  }
+  const V zero = V{}, six = splat<V>(T(6)), slope_v = splat<V>(slope);
+  // Selects, not products, outside the active region: a NaN gradient there becomes 0, as in torch.
+  auto grad_at = [&](V gv, V yv) {
+    const V off = act == 3 ? gv * slope_v : zero;
+    V out = yv > zero ? gv : off;
+    if (act == 2) out = yv < six ? out : zero;
+    return out;
+  };
+  int64_t i = begin;
+  for (; i + L <= end; i += L) storeu(r + i, grad_at(loadu<V>(g + i), loadu<V>(y + i)));
+  if (i < end) {
+    T gt[L] = {}, yt[L] = {}, rt[L];
+    std::memcpy(gt, g + i, sizeof(T) * (end - i));
+    std::memcpy(yt, y + i, sizeof(T) * (end - i));
+    storeu(rt, grad_at(loadu<V>(gt), loadu<V>(yt)));
+    std::memcpy(r + i, rt, sizeof(T) * (end - i));
+  }
+}
+
 #define MESRGAN_INSTANTIATE(T)                                                                                      \
   template void fwd_nchw<T>(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, \
                             int, T);                                                                                \
   template void fwd_nhwc<T>(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t, int, T); \
   template void bwdw_nchw<T>(const T*, const T*, int64_t, int64_t, int64_t, int64_t, double*);                      \
-  template void bwdw_nhwc<T>(const T*, const T*, int64_t, int64_t, int64_t, int64_t, int64_t, double*);
+  template void bwdw_nhwc<T>(const T*, const T*, int64_t, int64_t, int64_t, int64_t, int64_t, double*);        \
+  template void act_bwd<T>(const T*, const T*, T*, int64_t, int64_t, int, T);
 
 MESRGAN_INSTANTIATE(float)
 MESRGAN_INSTANTIATE(double)

@@ -18,6 +18,8 @@ namespace cpu {
   template <typename T>                                                                                            \
   void bwdw_nhwc(const T* x, const T* g, int64_t C, int64_t H, int64_t W, int64_t row_begin, int64_t row_end,      \
                  double* out);                                                                                     \
+  template <typename T>                                                                                            \
+  void act_bwd(const T* g, const T* y, T* r, int64_t begin, int64_t end, int act, T slope);                      \
   }
 MESRGAN_DECLARE(base)
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
