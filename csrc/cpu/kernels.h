@@ -149,13 +149,21 @@ void fwd_nchw(const T* x, const T* weight, const T* bias, T* y, int64_t C, int64
   }
 }
 
+// Columns per chunk of an NHWC row: 3 input rows x (chunk + 2) columns x C channels within ~24 KiB.
+template <typename T>
+static inline int64_t nhwc_chunk_width(int64_t C, int64_t W) {
+  const int64_t wt = (24 * 1024) / (3 * C * static_cast<int64_t>(sizeof(T))) - 2;
+  return std::min(W, std::max<int64_t>(wt, 4));
+}
+
 // One channel block of one NHWC output row: 9 weight vectors stay in registers along the row.
 // r0 / r2 are null at the top / bottom border.
 template <typename T, bool TOP, bool BOT>
 static inline void fwd_nhwc_block(const T* r0, const T* r1, const T* r2, const typename Vec<T>::type* k,
-                                  typename Vec<T>::type b, T* y, int64_t W, int64_t C, int act, T slope) {
+                                  typename Vec<T>::type b, T* y, int64_t w_begin, int64_t w_end, int64_t W,
+                                  int64_t C, int act, T slope) {
   using V = typename Vec<T>::type;
-  for (int64_t w = 0; w < W; ++w) {
+  for (int64_t w = w_begin; w < w_end; ++w) {
     V acc = b;
     const int64_t o = w * C;
     const bool left = w > 0, right = w + 1 < W;
@@ -192,20 +200,25 @@ void fwd_nhwc(const T* x, const T* wt, const T* bias, T* y, int64_t C, int64_t H
     T* yr = y + r * rowlen;
     if (C >= L) {
       // Channel blocks of L; a last partial block is done as an overlapping full block ending at C,
-      // which rewrites a few channels with the same values.
+      // which rewrites a few channels with the same values. The row is walked in chunks of columns
+      // so that the chunk's input (3 rows x (chunk + 2) columns x C) stays in L1 while every
+      // channel block passes over it.
+      const int64_t chunk = nhwc_chunk_width<T>(C, W);
+      for (int64_t w0 = 0; w0 < W; w0 += chunk)
       for (int64_t c0 = 0; c0 < C; c0 += L) {
+        const int64_t w1 = std::min(W, w0 + chunk);
         const int64_t cb = std::min(c0, C - L);
         V k[9];
         for (int t = 0; t < 9; ++t) k[t] = loadu<V>(wt + t * C + cb);
         const V b = bias ? loadu<V>(bias + cb) : V{};
         if (top && bot)
-          fwd_nhwc_block<T, true, true>(r0 + cb, r1 + cb, r2 + cb, k, b, yr + cb, W, C, act, slope);
+          fwd_nhwc_block<T, true, true>(r0 + cb, r1 + cb, r2 + cb, k, b, yr + cb, w0, w1, W, C, act, slope);
         else if (top)
-          fwd_nhwc_block<T, true, false>(r0 + cb, r1 + cb, nullptr, k, b, yr + cb, W, C, act, slope);
+          fwd_nhwc_block<T, true, false>(r0 + cb, r1 + cb, nullptr, k, b, yr + cb, w0, w1, W, C, act, slope);
         else if (bot)
-          fwd_nhwc_block<T, false, true>(nullptr, r1 + cb, r2 + cb, k, b, yr + cb, W, C, act, slope);
+          fwd_nhwc_block<T, false, true>(nullptr, r1 + cb, r2 + cb, k, b, yr + cb, w0, w1, W, C, act, slope);
         else
-          fwd_nhwc_block<T, false, false>(nullptr, r1 + cb, nullptr, k, b, yr + cb, W, C, act, slope);
+          fwd_nhwc_block<T, false, false>(nullptr, r1 + cb, nullptr, k, b, yr + cb, w0, w1, W, C, act, slope);
       }
       continue;
     }
@@ -290,9 +303,12 @@ void bwdw_nchw(const T* x, const T* g, int64_t H, int64_t W, int64_t plane_begin
 // mask zeroes the lanes an overlapping last block shares with the block before it.
 template <typename T, bool TOP, bool BOT>
 static inline void bwdw_nhwc_block(const T* r0, const T* r1, const T* r2, const T* gr, typename Vec<T>::type mask,
-                                   typename Vec<T>::type* acc, int64_t W, int64_t C) {
+                                   typename Vec<T>::type* acc_out, int64_t w_begin, int64_t w_end, int64_t W,
+                                   int64_t C) {
   using V = typename Vec<T>::type;
-  for (int64_t w = 0; w < W; ++w) {
+  V acc[10];  // a local copy the compiler can keep in registers (acc_out may alias the inputs for all it knows)
+  for (int t = 0; t < 10; ++t) acc[t] = acc_out[t];
+  for (int64_t w = w_begin; w < w_end; ++w) {
     const int64_t o = w * C;
     const V gv = loadu<V>(gr + o) * mask;
     const bool left = w > 0, right = w + 1 < W;
@@ -311,6 +327,7 @@ static inline void bwdw_nhwc_block(const T* r0, const T* r1, const T* r2, const 
     }
     acc[9] += gv;
   }
+  for (int t = 0; t < 10; ++t) acc_out[t] = acc[t];
 }
 
 // Weight/bias gradient, NHWC-contiguous, for rows (n, h) in [row_begin, row_end). Adds into
@@ -363,19 +380,22 @@ void bwdw_nhwc(const T* x, const T* g, int64_t C, int64_t H, int64_t W, int64_t 
     const T* r1 = x + r * rowlen;
     const T* r2 = bot ? x + (r + 1) * rowlen : nullptr;
     const T* gr = g + r * rowlen;
+    const int64_t chunk = nhwc_chunk_width<T>(C, W);
+    for (int64_t w0 = 0; w0 < W; w0 += chunk)
     for (int64_t bi = 0; bi < nblocks; ++bi) {
+      const int64_t w1 = std::min(W, w0 + chunk);
       const int64_t c0 = bi * L, cb = std::min(c0, C - L);
       V mask;
       for (int l = 0; l < L; ++l) mask[l] = cb + l >= c0 ? T(1) : T(0);
       V* a = acc.data() + bi * 10;
       if (top && bot)
-        bwdw_nhwc_block<T, true, true>(r0 + cb, r1 + cb, r2 + cb, gr + cb, mask, a, W, C);
+        bwdw_nhwc_block<T, true, true>(r0 + cb, r1 + cb, r2 + cb, gr + cb, mask, a, w0, w1, W, C);
       else if (top)
-        bwdw_nhwc_block<T, true, false>(r0 + cb, r1 + cb, nullptr, gr + cb, mask, a, W, C);
+        bwdw_nhwc_block<T, true, false>(r0 + cb, r1 + cb, nullptr, gr + cb, mask, a, w0, w1, W, C);
       else if (bot)
-        bwdw_nhwc_block<T, false, true>(nullptr, r1 + cb, r2 + cb, gr + cb, mask, a, W, C);
+        bwdw_nhwc_block<T, false, true>(nullptr, r1 + cb, r2 + cb, gr + cb, mask, a, w0, w1, W, C);
       else
-        bwdw_nhwc_block<T, false, false>(nullptr, r1 + cb, nullptr, gr + cb, mask, a, W, C);
+        bwdw_nhwc_block<T, false, false>(nullptr, r1 + cb, nullptr, gr + cb, mask, a, w0, w1, W, C);
     }
     if ((r - row_begin + 1) % rows_per_flush == 0) flush();
   }
