@@ -177,6 +177,7 @@ def plot_table1(benches, path, title):
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         print("report: matplotlib is not installed (pip install matplotlib, or the 'bench' extra); no plot",
               file=sys.stderr)
@@ -184,9 +185,15 @@ def plot_table1(benches, path, title):
     idx = {k: v for k, v in model_index(benches).items() if k[0] == "fwd"}
     if not idx:
         return None
-    keys = sorted(idx, key=lambda k: (k[1], -k[2], k[3]))
-    fig, axes = plt.subplots(1, len(keys), figsize=(6.2 * len(keys), 4.8), squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    # One row per (device, LR size), one column per cuDNN autotuner setting.
+    rows_k = sorted({(k[1], k[2]) for k in idx}, key=lambda r: (r[0], -r[1]))
+    cols_k = sorted({k[3] for k in idx})
+    fig, axes = plt.subplots(len(rows_k), len(cols_k), figsize=(6.2 * len(cols_k), 4.6 * len(rows_k)), squeeze=False)
+    for r, c in [(r, c) for r in range(len(rows_k)) for c in range(len(cols_k))]:
+        ax, key = axes[r][c], (("fwd",) + rows_k[r] + (cols_k[c],))
+        if key not in idx:
+            ax.set_visible(False)
+            continue
         _, device, lr, tune = key
         series = idx[key]
         colors = {}
@@ -196,12 +203,15 @@ def plot_table1(benches, path, title):
             ax.plot([n for n, _ in pts], [_median(b) * 1e3 for _, b in pts], color=color,
                     marker="o" if i == "torch" else "s", linestyle="--" if i == "torch" else "-",
                     label=f"{m} ({i})")
-        if lr == 128:
+        if lr == 128:  # the paper's numbers, in its model's colour, dotted
             for m, d in PAPER_TABLE1.items():
-                ax.plot(list(d), list(d.values()), color="0.6", linestyle=":", marker=".", linewidth=1,
-                        label=f"paper {m} (GTX 1070 Ti)")
+                ax.plot(list(d), list(d.values()), color=colors.setdefault(m, f"C{len(colors)}"), alpha=0.45,
+                        linestyle=":", marker="x", linewidth=1.2, label=f"paper: {m} (GTX 1070 Ti, torch)")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xticks(BATCHES_TICKS, [str(t) for t in BATCHES_TICKS])
         ax.set_xlabel("batch size")
         ax.set_ylabel("forward time per batch (ms)")

@@ -25,7 +25,8 @@ extra_info:
   rel_err   ‖out − ref‖ / ‖ref‖ against PyTorch's float32 result on the same values, checked once
             before timing (for fwdbwd: the worst of y, dx, dw, db); our op must pass, PyTorch's
             own error in half types is recorded only.
-Every call rotates through several input sets adding up to >= 256 MiB (cold caches).
+Every call rotates through several input sets adding up to >= 256 MiB (cold caches). The CPU default
+takes at most 20 rounds per benchmark (--bench-full: as many as --benchmark-max-time allows).
 """
 import functools
 
@@ -41,6 +42,7 @@ CHANNELS = sorted(set(HIDDEN_INPUT) | set(HIDDEN_OUTPUT))
 BIG = (16, 128, 128, 128)
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 DTYPES = {"cpu": (torch.float32,), "cuda": (torch.float32, torch.bfloat16, torch.float16)}
+CPU_DEFAULT_MAX_ROUNDS = 20  # keeps the CPU default suite under 10 minutes on 2 cores
 
 
 def _role(shape):
@@ -181,7 +183,9 @@ def test_op(benchmark, bench_settings, op_case):
         if tune_flag is not None:
             torch.backends.cudnn.benchmark = tune_flag
         with ctx:
-            median = run_benchmark(benchmark, rotating, device=device, settings=bench_settings, warmup=2)
+            max_rounds = None if bench_settings.is_full(device) else CPU_DEFAULT_MAX_ROUNDS
+            median = run_benchmark(benchmark, rotating, device=device, settings=bench_settings, warmup=2,
+                                   max_rounds=max_rounds)
             t = device_time(calls, device) if device == "cuda" else median
     finally:
         torch.backends.cudnn.benchmark = old_tune
