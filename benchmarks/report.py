@@ -86,15 +86,20 @@ def machine_lines(doc, benches):
     devices = sorted({b["extra_info"]["device"] for b in benches})
     lines = []
     if "cuda" in devices:
-        lines.append(f"- GPU: **{mb.get('gpu', '?')}** ({mb.get('gpu_sms', '?')} SMs, {mb.get('gpu_memory_gib', '?')} GiB), "
+        lines.append(f"- GPU: **{mb.get('gpu', '?')}** ({mb.get('gpu_sms', '?')} SMs, "
+                     f"{mb.get('gpu_memory_gib', '?')} GiB), "
                      f"CUDA {mb.get('cuda', '?')}, cuDNN {mb.get('cudnn', '?')}")
-    lines.append(f"- CPU: **{cpu.get('brand_raw', mi.get('processor') or '?')}**, {mb.get('os_cpu_count', cpu.get('count', '?'))} "
-                 f"logical cores, torch threads {mb.get('torch_threads', '?')}; {mb.get('platform', mi.get('system', ''))}")
-    lines.append(f"- torch {mb.get('torch', '?')}, mesrgan {mb.get('mesrgan', '?')}, Python {mi.get('python_version', '?')}, "
+    brand = cpu.get("brand_raw", mi.get("processor") or "?")
+    cores = mb.get("os_cpu_count", cpu.get("count", "?"))
+    lines.append(f"- CPU: **{brand}**, {cores} logical cores, torch threads {mb.get('torch_threads', '?')}; "
+                 f"{mb.get('platform', mi.get('system', ''))}")
+    lines.append(f"- torch {mb.get('torch', '?')}, mesrgan {mb.get('mesrgan', '?')}, "
+                 f"Python {mi.get('python_version', '?')}, "
                  f"pytest-benchmark {doc.get('version', '?')}")
     ci = doc.get("commit_info", {})
     if ci.get("id"):
-        lines.append(f"- commit {ci['id'][:12]}{' (dirty tree)' if ci.get('dirty') else ''}, measured {doc.get('datetime', '?')[:19]} UTC")
+        dirty = " (dirty tree)" if ci.get("dirty") else ""
+        lines.append(f"- commit {ci['id'][:12]}{dirty}, measured {doc.get('datetime', '?')[:19]} UTC")
     else:
         lines.append(f"- measured {doc.get('datetime', '?')[:19]} UTC")
     lines.append(f"- sizes: {'full' if mb.get('bench_full') or 'cuda' in devices else 'CPU default (reduced)'}; "
@@ -122,7 +127,8 @@ def _model_cols(series):
 def model_tables(benches):
     idx = model_index(benches)
     out = []
-    for (pass_, device, lr, tune), series in sorted(idx.items(), key=lambda kv: (kv[0][0] != "fwd", kv[0][1], -kv[0][2], kv[0][3])):
+    order = sorted(idx.items(), key=lambda kv: (kv[0][0] != "fwd", kv[0][1], -kv[0][2], kv[0][3]))
+    for (pass_, device, lr, tune), series in order:
         cols = _model_cols(series)
         batches = sorted({n for s in series.values() for n in s})
         what = ("forward, no_grad, eval (Table I)" if pass_ == "fwd"
@@ -139,7 +145,8 @@ def model_tables(benches):
         for n in batches:
             row = [n] + [ms(_median(series[c][n])) if n in series[c] else "–" for c in cols]
             if paper:
-                row.append(" / ".join(str(PAPER_TABLE1[k].get(n, "–")) for k in ("srgan", "esrgan-paper", "mesrgan-paper")))
+                row.append(" / ".join(str(PAPER_TABLE1[k].get(n, "–"))
+                                      for k in ("srgan", "esrgan-paper", "mesrgan-paper")))
             rows.append(row)
         out.append(table(header, rows))
 
@@ -160,18 +167,21 @@ def model_tables(benches):
                     row.append(ratio(_median(b), _median(be)) if b and be else "–")
                 rows.append(row)
             out.append("\nRatios: `torch ÷ mesrgan` > 1 is our kernel's speedup of the whole network; `÷ esrgan` "
-                       "is the MESRGAN variant's time over ESRGAN's (the paper: 155 / 33 = 4.7× at batch 1, 2402 / 534 = 4.5× at batch 16).\n")
+                       "is the MESRGAN variant's time over ESRGAN's (the paper: 155 / 33 = 4.7× at batch 1, "
+                       "2402 / 534 = 4.5× at batch 16).\n")
             out.append(table(header, rows))
         notes = []
         for m in dict.fromkeys(m for m, _ in cols):
             e = next(iter(next(s for (mm, _), s in series.items() if mm == m).values()))["extra_info"]
             if e.get("gmac_per_image") is not None:
-                notes.append(f"{m} {e['gmac_per_image']:.2f} GMAC/image ({e['depthwise_gmac_per_image']:.2f} depthwise), "
+                notes.append(f"{m} {e['gmac_per_image']:.2f} GMAC/image "
+                             f"({e['depthwise_gmac_per_image']:.2f} depthwise), "
                              f"{(e.get('params') or 0) / 1e6:.2f} M params")
         if notes:
             out.append("\nWork per LR image: " + "; ".join(notes) + ".")
         out.append(f"\nInput: random LR N×3×{lr}×{lr}, fp32, "
-                   + ("eval mode under no_grad." if pass_ == "fwd" else "train mode, L1 loss to a random HR target, Adam.")
+                   + ("eval mode under no_grad." if pass_ == "fwd"
+                      else "train mode, L1 loss to a random HR target, Adam.")
                    + "\n")
     return "\n".join(out)
 
@@ -244,19 +254,23 @@ def op_tables(benches):
             key = (tuple(e["shape"]), e["activation"], e["layout"])
             idx[(e["device"], e["pass_"], e["dtype"])][key][(e["impl"], e["cudnn_benchmark"])] = (b, e)
     out = []
-    for (device, pass_, dtype), rows_by in sorted(idx.items(), key=lambda kv: (kv[0][0], kv[0][1] != "fwd", kv[0][2] != "float32", kv[0][2])):
+    order = sorted(idx.items(), key=lambda kv: (kv[0][0], kv[0][1] != "fwd", kv[0][2] != "float32", kv[0][2]))
+    for (device, pass_, dtype), rows_by in order:
         what = "forward" if pass_ == "fwd" else "forward + backward (dx, dw, db)"
         src = "device time (CUDA events, back-to-back calls)" if device == "cuda" else "median wall time"
         out.append(f"#### {device.upper()} {dtype} {what}\n")
         counted = "x read + y written" if pass_ == "fwd" else "x read, y written, dy read, x read again, dx written"
         out.append(f"Times: {src}, ms per call. GB/s counts {counted} once each. `% copy` = our GB/s over a "
                    f"copy of the same tensor in the same run. `torch` = F.conv2d(groups=C) (+ activation)"
-                   + ("; on CUDA its time is the better of cuDNN autotuner off / on, both shown." if device == "cuda" else ".")
+                   + ("; on CUDA its time is the better of cuDNN autotuner off / on, both shown."
+                      if device == "cuda" else ".")
                    + "\n")
         header = ["shape (N×C×H×W)", "act", "layout", "torch ms", "mesrgan ms", "torch ÷ mesrgan",
                   "mesrgan GB/s", "% copy", "torch GB/s", "where in MESRGAN"]
         rows = []
-        for (shape, act, layout), impls in sorted(rows_by.items(), key=lambda kv: (kv[0][0][2], kv[0][0][0], kv[0][0][1], kv[0][1], kv[0][2])):
+        # Rows by H (LR 32 shapes first), then N, C, activation, layout.
+        keyed = sorted(rows_by.items(), key=lambda kv: (kv[0][0][2], kv[0][0][0], kv[0][0][1], kv[0][1], kv[0][2]))
+        for (shape, act, layout), impls in keyed:
             ours = impls.get(("mesrgan", "na"))
             torch_runs = [v for (i, t), v in impls.items() if i == "torch"]
             best = min(torch_runs, key=lambda v: v[1]["time_s"]) if torch_runs else None
@@ -273,13 +287,13 @@ def op_tables(benches):
                 f"{best[1]['gbps']:.1f}" if best else "–", (e or (best[1] if best else {})).get("role", ""),
             ])
         out.append(table(header, rows))
-        if rows_by:
-            any_e = next(iter(next(iter(rows_by.values())).values()))[1]
-            copies = sorted({(tuple(k[0]), k[2]): v[1]["copy_gbps"] for k, d in rows_by.items() for v in d.values()}.items())
-            big = [f"{'×'.join(map(str, s))} {lay}: {g:.0f} GB/s" for (s, lay), g in copies if s[0] * s[1] * s[2] * s[3] >= 2**25]
-            if big:
-                out.append(f"\nCopy reference (same run): {'; '.join(big)}.")
-            _ = any_e
+        # The copy's bandwidth on the largest tensor, as a ceiling to read the GB/s columns against.
+        copies = {(k[0], k[2]): v[1]["copy_gbps"] for k, d in rows_by.items() for v in d.values()}
+        largest = max((math.prod(s) for s, _ in copies), default=0)
+        big = [f"{'×'.join(map(str, s))} {lay}: {g:.0f} GB/s" for (s, lay), g in sorted(copies.items())
+               if math.prod(s) == largest]
+        if big:
+            out.append(f"\nCopy of the same tensor, same run: {'; '.join(big)}.")
         out.append("")
     return "\n".join(out)
 
@@ -322,7 +336,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("json", nargs="+", help="pytest-benchmark JSON file(s) (--benchmark-json=...)")
-    p.add_argument("--out", default=os.path.join("benchmarks", "RESULTS.md"), help="markdown file (default %(default)s)")
+    p.add_argument("--out", default=os.path.join("benchmarks", "RESULTS.md"),
+                   help="markdown file (default %(default)s)")
     p.add_argument("--section", help="section name in --out (default: cpu or cuda, from the JSON)")
     p.add_argument("--plot", help="PNG path for Table I (default: table1-<section>.png beside --out)")
     p.add_argument("--no-plot", action="store_true", help="no PNG")
@@ -340,7 +355,8 @@ def main(argv=None):
     if not args.no_plot:
         plot_path = args.plot or os.path.join(out_dir, f"table1-{section}.png")
         mi = doc.get("machine_info", {})
-        who = mi.get("mesrgan_bench", {}).get("gpu") if section.startswith("cuda") else mi.get("cpu", {}).get("brand_raw")
+        who = (mi.get("mesrgan_bench", {}).get("gpu") if section.startswith("cuda")
+               else mi.get("cpu", {}).get("brand_raw"))
         made = plot_table1(benches, plot_path, f"Table I reproduced: {who or section}, "
                                                f"torch {mi.get('mesrgan_bench', {}).get('torch', '?')}")
         if made:

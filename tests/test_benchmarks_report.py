@@ -4,7 +4,8 @@ import json
 from pathlib import Path
 
 # benchmarks/ is not an installed package: load the report module from its file.
-_spec = importlib.util.spec_from_file_location("benchmarks_report", Path(__file__).parents[1] / "benchmarks" / "report.py")
+_spec = importlib.util.spec_from_file_location("benchmarks_report",
+                                               Path(__file__).parents[1] / "benchmarks" / "report.py")
 report = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(report)
 
@@ -54,5 +55,6 @@ def test_report_writes_own_section_and_keeps_others(tmp_path):
 
 
 def test_merge_section_appends_to_foreign_text():
-    merged = report.merge_section("# Mine\n\nnotes\n", "cpu", report.begin_marker("cpu") + "\nX\n" + report.end_marker("cpu") + "\n")
+    section = report.begin_marker("cpu") + "\nX\n" + report.end_marker("cpu") + "\n"
+    merged = report.merge_section("# Mine\n\nnotes\n", "cpu", section)
     assert merged.startswith("# Mine\n\nnotes\n") and "\nX\n" in merged
