@@ -47,6 +47,8 @@ void advise_huge_pages(const at::Tensor& t) {
   constexpr uintptr_t kHuge = uintptr_t(2) << 20;
   const size_t nbytes = t.numel() * t.element_size();
   if (nbytes < 2 * kHuge) return;
+  static const bool off = std::getenv("MESRGAN_NO_THP") != nullptr;
+  if (off) return;
   const uintptr_t p = reinterpret_cast<uintptr_t>(t.data_ptr());
   const uintptr_t start = (p + kHuge - 1) & ~(kHuge - 1), end = (p + nbytes) & ~(kHuge - 1);
   if (end > start) madvise(reinterpret_cast<void*>(start), end - start, MADV_HUGEPAGE);

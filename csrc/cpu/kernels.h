@@ -129,12 +129,12 @@ void fwd_nchw(const T* x, const T* weight, const T* bias, T* y, int64_t C, int64
       const T* p2 = h + 1 < H ? rows.fill(s2, xp + (h + 1) * W) : rows.zeros();
       T* yr = yp + h * W;
       int64_t w = 0;
+      // Three independent row sums: a single chain of 9 FMAs would be latency-bound.
       auto out = [&](int64_t w0) {
-        V acc = b;
-        acc += k[0] * loadu<V>(p0 + w0) + k[1] * loadu<V>(p0 + w0 + 1) + k[2] * loadu<V>(p0 + w0 + 2);
-        acc += k[3] * loadu<V>(p1 + w0) + k[4] * loadu<V>(p1 + w0 + 1) + k[5] * loadu<V>(p1 + w0 + 2);
-        acc += k[6] * loadu<V>(p2 + w0) + k[7] * loadu<V>(p2 + w0 + 1) + k[8] * loadu<V>(p2 + w0 + 2);
-        return activate<T>(acc, act, slope);
+        const V s0 = k[0] * loadu<V>(p0 + w0) + k[1] * loadu<V>(p0 + w0 + 1) + k[2] * loadu<V>(p0 + w0 + 2);
+        const V s1 = k[3] * loadu<V>(p1 + w0) + k[4] * loadu<V>(p1 + w0 + 1) + k[5] * loadu<V>(p1 + w0 + 2);
+        const V s2 = k[6] * loadu<V>(p2 + w0) + k[7] * loadu<V>(p2 + w0 + 1) + k[8] * loadu<V>(p2 + w0 + 2);
+        return activate<T>((b + s1) + (s0 + s2), act, slope);
       };
       for (; w + L <= W; w += L) storeu(yr + w, out(w));
       if (w < W) {
@@ -156,31 +156,29 @@ static inline int64_t nhwc_chunk_width(int64_t C, int64_t W) {
   return std::min(W, std::max<int64_t>(wt, 4));
 }
 
-// One channel block of one NHWC output row: 9 weight vectors stay in registers along the row.
-// r0 / r2 are null at the top / bottom border.
+// One NHWC output position, all channels: the channel loop runs over contiguous memory (x, the
+// tap-major weights and y alike), so every load is sequential. r0 / r2 are null at the top / bottom
+// border; r* point at the position's column. The last partial block of channels is done as an
+// overlapping full block ending at C, which rewrites a few channels with the same values.
 template <typename T, bool TOP, bool BOT>
-static inline void fwd_nhwc_block(const T* r0, const T* r1, const T* r2, const typename Vec<T>::type* k,
-                                  typename Vec<T>::type b, T* y, int64_t w_begin, int64_t w_end, int64_t W,
-                                  int64_t C, int act, T slope) {
+static inline void fwd_nhwc_pos(const T* r0, const T* r1, const T* r2, const T* wt, const T* bias, T* y, int64_t C,
+                                bool left, bool right, int act, T slope) {
   using V = typename Vec<T>::type;
-  for (int64_t w = w_begin; w < w_end; ++w) {
-    V acc = b;
-    const int64_t o = w * C;
-    const bool left = w > 0, right = w + 1 < W;
-    if (TOP) {
-      if (left) acc += k[0] * loadu<V>(r0 + o - C);
-      acc += k[1] * loadu<V>(r0 + o);
-      if (right) acc += k[2] * loadu<V>(r0 + o + C);
-    }
-    if (left) acc += k[3] * loadu<V>(r1 + o - C);
-    acc += k[4] * loadu<V>(r1 + o);
-    if (right) acc += k[5] * loadu<V>(r1 + o + C);
-    if (BOT) {
-      if (left) acc += k[6] * loadu<V>(r2 + o - C);
-      acc += k[7] * loadu<V>(r2 + o);
-      if (right) acc += k[8] * loadu<V>(r2 + o + C);
-    }
-    storeu(y + o, activate<T>(acc, act, slope));
+  constexpr int L = Vec<T>::L;
+  // Per-row partial sums: independent dependency chains. Column taps vanish at the image's edges.
+  auto row = [&](const T* r, int i, int64_t c) {
+    V s = loadu<V>(wt + (3 * i + 1) * C + c) * loadu<V>(r + c);
+    if (left) s += loadu<V>(wt + (3 * i) * C + c) * loadu<V>(r - C + c);
+    if (right) s += loadu<V>(wt + (3 * i + 2) * C + c) * loadu<V>(r + C + c);
+    return s;
+  };
+  for (int64_t c0 = 0; c0 < C; c0 += L) {
+    const int64_t c = std::min(c0, C - L);
+    V acc = (bias ? loadu<V>(bias + c) : V{}) + row(r1, 1, c);
+    V outer = V{};
+    if (TOP) outer += row(r0, 0, c);
+    if (BOT) outer += row(r2, 2, c);
+    storeu(y + c, activate<T>(acc + outer, act, slope));
   }
 }
 
@@ -199,26 +197,17 @@ void fwd_nhwc(const T* x, const T* wt, const T* bias, T* y, int64_t C, int64_t H
     const T* r2 = bot ? x + (r + 1) * rowlen : nullptr;
     T* yr = y + r * rowlen;
     if (C >= L) {
-      // Channel blocks of L; a last partial block is done as an overlapping full block ending at C,
-      // which rewrites a few channels with the same values. The row is walked in chunks of columns
-      // so that the chunk's input (3 rows x (chunk + 2) columns x C) stays in L1 while every
-      // channel block passes over it.
-      const int64_t chunk = nhwc_chunk_width<T>(C, W);
-      for (int64_t w0 = 0; w0 < W; w0 += chunk)
-      for (int64_t c0 = 0; c0 < C; c0 += L) {
-        const int64_t w1 = std::min(W, w0 + chunk);
-        const int64_t cb = std::min(c0, C - L);
-        V k[9];
-        for (int t = 0; t < 9; ++t) k[t] = loadu<V>(wt + t * C + cb);
-        const V b = bias ? loadu<V>(bias + cb) : V{};
+      for (int64_t w = 0; w < W; ++w) {
+        const int64_t o = w * C;
+        const bool left = w > 0, right = w + 1 < W;
         if (top && bot)
-          fwd_nhwc_block<T, true, true>(r0 + cb, r1 + cb, r2 + cb, k, b, yr + cb, w0, w1, W, C, act, slope);
+          fwd_nhwc_pos<T, true, true>(r0 + o, r1 + o, r2 + o, wt, bias, yr + o, C, left, right, act, slope);
         else if (top)
-          fwd_nhwc_block<T, true, false>(r0 + cb, r1 + cb, nullptr, k, b, yr + cb, w0, w1, W, C, act, slope);
+          fwd_nhwc_pos<T, true, false>(r0 + o, r1 + o, nullptr, wt, bias, yr + o, C, left, right, act, slope);
         else if (bot)
-          fwd_nhwc_block<T, false, true>(nullptr, r1 + cb, r2 + cb, k, b, yr + cb, w0, w1, W, C, act, slope);
+          fwd_nhwc_pos<T, false, true>(nullptr, r1 + o, r2 + o, wt, bias, yr + o, C, left, right, act, slope);
         else
-          fwd_nhwc_block<T, false, false>(nullptr, r1 + cb, nullptr, k, b, yr + cb, w0, w1, W, C, act, slope);
+          fwd_nhwc_pos<T, false, false>(nullptr, r1 + o, nullptr, wt, bias, yr + o, C, left, right, act, slope);
       }
       continue;
     }
