@@ -25,6 +25,9 @@ SHAPES = [
     (3, 6, 10, 1),
     (2, 8, 3, 3),
     (2, 13, 17, 19),  # C not a multiple of the vector width
+    (1, 3, 4, 10),  # W at the edges of the CPU kernels' in-place / padded paths (vector width + 2)
+    (1, 2, 3, 11),
+    (1, 9, 5, 6),
     (1, 40, 16, 33),
     (1, 384, 6, 5),  # large C
 ]

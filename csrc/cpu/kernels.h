@@ -87,7 +87,7 @@ static inline T activate_scalar(T v, int act, T slope) {
 }
 
 // Zero-padded copies of input rows: element 0 is the left padding (x[-1]), 1..W the row, then zeros
-// up to a whole number of vectors plus one.
+// up to a whole number of vectors plus one; and a row of zeros (the padding rows).
 template <typename T>
 struct PaddedRows {
   int64_t W, stride;
@@ -121,6 +121,40 @@ void fwd_nchw(const T* x, const T* weight, const T* bias, T* y, int64_t C, int64
     V k[9];
     for (int t = 0; t < 9; ++t) k[t] = splat<V>(kp[t]);
     const V b = splat<V>(bias ? bias[c] : T(0));
+    // Three independent row sums: a single chain of 9 FMAs would be latency-bound. q* point at
+    // the input column left of the first output.
+    auto out = [&](const T* q0, const T* q1, const T* q2) {
+      const V s0 = k[0] * loadu<V>(q0) + k[1] * loadu<V>(q0 + 1) + k[2] * loadu<V>(q0 + 2);
+      const V s1 = k[3] * loadu<V>(q1) + k[4] * loadu<V>(q1 + 1) + k[5] * loadu<V>(q1 + 2);
+      const V s2 = k[6] * loadu<V>(q2) + k[7] * loadu<V>(q2 + 1) + k[8] * loadu<V>(q2 + 2);
+      return activate<T>((b + s1) + (s0 + s2), act, slope);
+    };
+    if (W >= L + 2) {
+      // Rows are read in place: vectors cover outputs 1 .. W-2 (the last one overlapping its
+      // predecessor, rewriting a few outputs with the same values); the two edge outputs, whose
+      // windows leave the image, are done in scalar code.
+      const T sk[9] = {kp[0], kp[1], kp[2], kp[3], kp[4], kp[5], kp[6], kp[7], kp[8]};
+      const T sb = bias ? bias[c] : T(0);
+      for (int64_t h = h0; h < h1; ++h) {
+        const T* r0 = h > 0 ? xp + (h - 1) * W : rows.zeros();
+        const T* r1 = xp + h * W;
+        const T* r2 = h + 1 < H ? xp + (h + 1) * W : rows.zeros();
+        T* yr = yp + h * W;
+        const int64_t e = W - 1;
+        yr[0] = activate_scalar(sb + (sk[1] * r0[0] + sk[2] * r0[1]) + (sk[4] * r1[0] + sk[5] * r1[1]) +
+                                    (sk[7] * r2[0] + sk[8] * r2[1]), act, slope);
+        yr[e] = activate_scalar(sb + (sk[0] * r0[e - 1] + sk[1] * r0[e]) + (sk[3] * r1[e - 1] + sk[4] * r1[e]) +
+                                    (sk[6] * r2[e - 1] + sk[7] * r2[e]), act, slope);
+        int64_t w = 1;
+        for (; w + L <= e; w += L) storeu(yr + w, out(r0 + w - 1, r1 + w - 1, r2 + w - 1));
+        if (w < e) {
+          w = e - L;
+          storeu(yr + w, out(r0 + w - 1, r1 + w - 1, r2 + w - 1));
+        }
+      }
+      continue;
+    }
+    // Narrow images: each input row is copied once into a zero-padded ring of three rows.
     int s = 0;  // ring slot of row h
     const T* p0 = h0 > 0 ? rows.fill(2, xp + (h0 - 1) * W) : rows.zeros();
     const T* p1 = rows.fill(s, xp + h0 * W);
@@ -129,17 +163,10 @@ void fwd_nchw(const T* x, const T* weight, const T* bias, T* y, int64_t C, int64
       const T* p2 = h + 1 < H ? rows.fill(s2, xp + (h + 1) * W) : rows.zeros();
       T* yr = yp + h * W;
       int64_t w = 0;
-      // Three independent row sums: a single chain of 9 FMAs would be latency-bound.
-      auto out = [&](int64_t w0) {
-        const V s0 = k[0] * loadu<V>(p0 + w0) + k[1] * loadu<V>(p0 + w0 + 1) + k[2] * loadu<V>(p0 + w0 + 2);
-        const V s1 = k[3] * loadu<V>(p1 + w0) + k[4] * loadu<V>(p1 + w0 + 1) + k[5] * loadu<V>(p1 + w0 + 2);
-        const V s2 = k[6] * loadu<V>(p2 + w0) + k[7] * loadu<V>(p2 + w0 + 1) + k[8] * loadu<V>(p2 + w0 + 2);
-        return activate<T>((b + s1) + (s0 + s2), act, slope);
-      };
-      for (; w + L <= W; w += L) storeu(yr + w, out(w));
+      for (; w + L <= W; w += L) storeu(yr + w, out(p0 + w, p1 + w, p2 + w));
       if (w < W) {
         T tail[L];
-        storeu(tail, out(w));
+        storeu(tail, out(p0 + w, p1 + w, p2 + w));
         std::memcpy(yr + w, tail, sizeof(T) * (W - w));
       }
       p0 = p1;
