@@ -20,6 +20,7 @@
 #   bench-op-fp16   test_op.py, float16
 #   bench-tab1-32   test_models.py, Table I at LR 32
 #   bench-train     test_models.py, training step
+#   train-quick     python -m mesrgan.train --quick on CUDA twice (bf16 + channels_last; fp16 + EMA)
 #   report          python -m benchmarks.report -> OUTDIR/RESULTS.md (section "cuda"), OUTDIR/table1-cuda.png
 #
 # OUTDIR receives summary.txt (one line per step: name, rc, seconds; then the sanitizer verdicts
@@ -129,6 +130,10 @@ step bench-op-bf16 60 "$OP -k bfloat16 --benchmark-json='$JSON/op-bf16.json'"
 step bench-op-fp16 60 "$OP -k 'float16 and not bfloat16' --benchmark-json='$JSON/op-fp16.json'"
 step bench-tab1-32 60 "$TAB -k 'model-fwd and lr32' --benchmark-json='$JSON/table1-lr32.json'"
 step bench-train 45 "$TAB -k model-train --benchmark-json='$JSON/train.json'"
+# The training program's CUDA paths (autocast, channels_last, EMA, pinned memory): two short runs.
+step train-quick 60 "$PY -m mesrgan.train --model mesrgan --quick --device cuda --amp bf16 --channels-last --workers 2 \
+--no-tensorboard --out /tmp/mesrgan-q1 && $PY -m mesrgan.train --model esrgan --quick --device cuda --amp fp16 --ema 0.999 \
+--workers 2 --no-tensorboard --out /tmp/mesrgan-q2"
 
 JSONS=$(ls "$JSON"/*.json 2>/dev/null | sed "s/.*/'&'/" | tr '\n' ' ')
 if [ -n "$JSONS" ]; then
