@@ -81,13 +81,13 @@ bool prefers_channels_last(const at::Tensor& x) {
   return x.stride(1) < x.stride(3);
 }
 
+at::Tensor in_layout(const at::Tensor& t, Layout layout) {
+  return layout == Layout::NHWC ? t.contiguous(at::MemoryFormat::ChannelsLast) : t.contiguous();
+}
+
 at::Tensor as_kernel_layout(const at::Tensor& x, Layout* layout) {
-  if (prefers_channels_last(x)) {
-    *layout = Layout::NHWC;
-    return x.contiguous(at::MemoryFormat::ChannelsLast);
-  }
-  *layout = Layout::NCHW;
-  return x.contiguous();
+  *layout = prefers_channels_last(x) ? Layout::NHWC : Layout::NCHW;
+  return in_layout(x, *layout);
 }
 
 std::tuple<at::Tensor, at::Tensor> split_sums(const at::Tensor& sums, at::ScalarType dtype, bool need_bias) {

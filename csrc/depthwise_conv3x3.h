@@ -27,6 +27,9 @@ void check_activation_backward_args(const at::Tensor& grad_out, const at::Tensor
 // when its channel stride is smaller than its width stride. The output takes the same layout.
 bool prefers_channels_last(const at::Tensor& x);
 
+// t as a contiguous tensor of the given layout (a second operand that must match the first's).
+at::Tensor in_layout(const at::Tensor& t, Layout layout);
+
 // Returns x in the layout prefers_channels_last picks (a copy only when x is not already contiguous in it).
 at::Tensor as_kernel_layout(const at::Tensor& x, Layout* layout);
 

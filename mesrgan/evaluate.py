@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .imageio import ImageReadError, is_image_file, read_image, write_image
-from .inference import upscale_tensor
+from .inference import UsageError, load_checkpoint, upscale_tensor
 from .metrics import psnr, rmse, ssim
 
 __all__ = ["main", "evaluate_images", "CONVENTIONS", "measure"]
@@ -46,10 +46,6 @@ CONVENTIONS = {
               "text": "the MESRGAN paper's Table II convention: RGB, no border crop, SSIM over the whole image "
                       "as one window per channel (not comparable with standard SSIM); RMSE in 8-bit RGB levels"},
 }
-
-
-class UsageError(Exception):
-    """A problem with the command line, the checkpoint or the data: nothing is measured."""
 
 
 def build_parser():
@@ -239,23 +235,6 @@ def _resolve_device(name):
     return device
 
 
-def _load(weights, model, device, scale):
-    from .models import load_generator
-
-    if not os.path.exists(weights):
-        raise UsageError(f"--weights: checkpoint {weights!r} does not exist")
-    if os.path.isdir(weights):
-        raise UsageError(f"--weights: {weights!r} is a folder; pass a checkpoint file (e.g. runs/NAME/best.pt)")
-    try:
-        generator, info = load_generator(weights, model=model, device=device)
-    except (ValueError, RuntimeError, TypeError, KeyError) as e:
-        raise UsageError(f"--weights: cannot load {weights!r}: {e}") from e
-    got = info["config"].get("scale")
-    if scale is not None and got is not None and got != scale:
-        raise UsageError(f"--scale {scale}: the checkpoint {weights!r} holds a x{got} {info['model']} generator")
-    return generator, info, got or scale or 4
-
-
 def _hr_reader(path):
     return lambda: to_rgb_uint8(read_image(path).pixels)
 
@@ -267,7 +246,7 @@ def run(args):
     if args.scale is not None and args.scale < 1:
         raise UsageError(f"--scale must be >= 1, got {args.scale}")
     device = _resolve_device(args.device)
-    generator, info, scale = _load(args.weights, args.model, device, args.scale)
+    generator, info, scale = load_checkpoint(args.weights, args.model, device, args.scale)
     if args.data is not None:
         paths = _list_images(args.data, "--data")
         images = [(os.path.splitext(os.path.basename(p))[0], _hr_reader(p)) for p in paths]

@@ -22,17 +22,13 @@ import torch
 
 from .imageio import ImageReadError, is_image_file, read_image, write_image
 from .inference import upscale_tensor  # noqa: F401  (re-exported: mesrgan.upscale.upscale_tensor)
-from .inference import upscale_pixels
+from .inference import UsageError, load_checkpoint, upscale_pixels
 
 __all__ = ["main", "upscale_tensor", "upscale_pixels"]
 
 # formats written as they were read; anything else (GIF, TGA, ...) is written as PNG
 _KEEP_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif", "PPM": ".ppm"}
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-class UsageError(Exception):
-    """A problem with the command line or the checkpoint: nothing is processed."""
 
 
 def build_parser():
@@ -91,24 +87,6 @@ def _resolve_dtype(args, device):
     return dtype
 
 
-def load_model(weights, model_name, device, dtype, scale=None):
-    """``load_generator`` with errors turned into one-line :class:`UsageError` messages."""
-    from .models import load_generator
-
-    if not os.path.exists(weights):
-        raise UsageError(f"--weights: checkpoint {weights!r} does not exist")
-    if os.path.isdir(weights):
-        raise UsageError(f"--weights: {weights!r} is a folder; pass a checkpoint file (e.g. runs/NAME/best.pt)")
-    try:
-        generator, info = load_generator(weights, model=model_name, device=device)
-    except (ValueError, RuntimeError, TypeError, KeyError) as e:
-        raise UsageError(f"--weights: cannot load {weights!r}: {e}") from e
-    got = info["config"].get("scale")
-    if scale is not None and got is not None and got != scale:
-        raise UsageError(f"--scale {scale}: the checkpoint {weights!r} holds a x{got} {info['model']} generator")
-    return generator.to(dtype=dtype), info
-
-
 def _collect_inputs(inputs):
     """``[(path, error or None)]``: files as given, the images of folders (sorted)."""
     found = []
@@ -160,7 +138,8 @@ def run(args):
     if not single_file_output and is_image_file(args.output) and not os.path.isdir(args.output):
         raise UsageError(f"-o {args.output}: a file name needs exactly one input file; got {len(jobs)} inputs "
                          "(pass a folder to -o)")
-    generator, info = load_model(args.weights, args.model, device, dtype, args.scale)
+    generator, info, _ = load_checkpoint(args.weights, args.model, device, args.scale)
+    generator = generator.to(dtype=dtype)
     scale = info["config"].get("scale", args.scale)
     _log(args, f"model: {info['model']} x{scale} from {args.weights} on {device} ({str(dtype).replace('torch.', '')})"
                f", tile {args.tile or 'off'}, tile pad {args.tile_pad}")

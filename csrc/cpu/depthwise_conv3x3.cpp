@@ -105,7 +105,7 @@ std::tuple<at::Tensor, at::Tensor> depthwise_conv3x3_backward_weight_cpu(const a
   // in a training step and usually follows the forward output's layout).
   Layout layout;
   const at::Tensor g = as_kernel_layout(grad_out_in, &layout);
-  const at::Tensor x = layout == Layout::NHWC ? x_in.contiguous(at::MemoryFormat::ChannelsLast) : x_in.contiguous();
+  const at::Tensor x = in_layout(x_in, layout);
   const auto dbl = x.options().dtype(at::kDouble);
   at::Tensor sums;  // (C, 10) in double: taps 0..8, then bias
 
@@ -146,8 +146,7 @@ at::Tensor depthwise_conv3x3_activation_backward_cpu(const at::Tensor& grad_out_
   const int act = static_cast<int>(parse_activation(activation));
   Layout layout;
   const at::Tensor g = as_kernel_layout(grad_out_in, &layout);
-  const at::Tensor y =
-      layout == Layout::NHWC ? out_in.contiguous(at::MemoryFormat::ChannelsLast) : out_in.contiguous();
+  const at::Tensor y = in_layout(out_in, layout);
   at::Tensor r = at::empty_like(g);
   advise_huge_pages(r);
   const int64_t n = r.numel();

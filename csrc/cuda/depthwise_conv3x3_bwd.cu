@@ -146,7 +146,7 @@ std::tuple<at::Tensor, at::Tensor> depthwise_conv3x3_backward_weight_cuda(const 
   const c10::cuda::CUDAGuard guard(x_in.device());
   Layout layout;
   const at::Tensor g = as_kernel_layout(grad_out_in, &layout);
-  const at::Tensor x = layout == Layout::NHWC ? x_in.contiguous(at::MemoryFormat::ChannelsLast) : x_in.contiguous();
+  const at::Tensor x = in_layout(x_in, layout);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const bool deterministic = at::globalContext().deterministicAlgorithms();
   const auto f32 = x.options().dtype(at::kFloat);

@@ -178,8 +178,7 @@ at::Tensor depthwise_conv3x3_activation_backward_cuda(const at::Tensor& grad_out
   const int act = static_cast<int>(parse_activation(activation));
   Layout layout;
   const at::Tensor g = as_kernel_layout(grad_out_in, &layout);
-  const at::Tensor y =
-      layout == Layout::NHWC ? out_in.contiguous(at::MemoryFormat::ChannelsLast) : out_in.contiguous();
+  const at::Tensor y = in_layout(out_in, layout);
   at::Tensor r = at::empty_like(g);
   const int64_t n = r.numel();
   if (n == 0) return r;
