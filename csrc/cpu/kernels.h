@@ -209,6 +209,38 @@ static inline void fwd_nhwc_pos(const T* r0, const T* r1, const T* r2, const T* 
   }
 }
 
+// Two NHWC output positions (w, w + 1) in one pass over the channels: the 9 weight vectors of a
+// channel block are loaded once for both, and the two windows share 2 of their 4 input columns.
+// left: w > 0; right: w + 2 < W.
+template <typename T, bool TOP, bool BOT>
+static inline void fwd_nhwc_pair(const T* r0, const T* r1, const T* r2, const T* wt, const T* bias, T* y, int64_t C,
+                                 bool left, bool right, int act, T slope) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::L;
+  auto row = [&](const T* r, int i, int64_t c, V& s0, V& s1) {
+    const V k0 = loadu<V>(wt + (3 * i) * C + c), k1 = loadu<V>(wt + (3 * i + 1) * C + c),
+            k2 = loadu<V>(wt + (3 * i + 2) * C + c);
+    const V xb = loadu<V>(r + c), xc = loadu<V>(r + C + c);
+    s0 = k1 * xb + k2 * xc;
+    s1 = k0 * xb + k1 * xc;
+    if (left) s0 += k0 * loadu<V>(r - C + c);
+    if (right) s1 += k2 * loadu<V>(r + 2 * C + c);
+  };
+  for (int64_t c0 = 0; c0 < C; c0 += L) {
+    const int64_t c = std::min(c0, C - L);
+    const V b = bias ? loadu<V>(bias + c) : V{};
+    // The bottom row is read here for the first time: fetch it a few positions ahead (the
+    // hardware prefetcher alone leaves this loop waiting on memory; perf showed the stall).
+    if (BOT) __builtin_prefetch(r2 + 8 * C + c);
+    V a0, a1, t0 = V{}, t1 = V{}, u0 = V{}, u1 = V{};
+    row(r1, 1, c, a0, a1);
+    if (TOP) row(r0, 0, c, t0, t1);
+    if (BOT) row(r2, 2, c, u0, u1);
+    storeu(y + c, activate<T>((b + a0) + (t0 + u0), act, slope));
+    storeu(y + C + c, activate<T>((b + a1) + (t1 + u1), act, slope));
+  }
+}
+
 // Forward, NHWC-contiguous. Work unit = one output row (n, h). wt: 9*C (tap-major), bias: C or null.
 template <typename T>
 void fwd_nhwc(const T* x, const T* wt, const T* bias, T* y, int64_t C, int64_t H, int64_t W, int64_t row_begin,
@@ -224,7 +256,20 @@ void fwd_nhwc(const T* x, const T* wt, const T* bias, T* y, int64_t C, int64_t H
     const T* r2 = bot ? x + (r + 1) * rowlen : nullptr;
     T* yr = y + r * rowlen;
     if (C >= L) {
-      for (int64_t w = 0; w < W; ++w) {
+      int64_t w = 0;
+      for (; w + 1 < W; w += 2) {
+        const int64_t o = w * C;
+        const bool left = w > 0, right = w + 2 < W;
+        if (top && bot)
+          fwd_nhwc_pair<T, true, true>(r0 + o, r1 + o, r2 + o, wt, bias, yr + o, C, left, right, act, slope);
+        else if (top)
+          fwd_nhwc_pair<T, true, false>(r0 + o, r1 + o, nullptr, wt, bias, yr + o, C, left, right, act, slope);
+        else if (bot)
+          fwd_nhwc_pair<T, false, true>(nullptr, r1 + o, r2 + o, wt, bias, yr + o, C, left, right, act, slope);
+        else
+          fwd_nhwc_pair<T, false, false>(nullptr, r1 + o, nullptr, wt, bias, yr + o, C, left, right, act, slope);
+      }
+      for (; w < W; ++w) {  // the last column of an odd width
         const int64_t o = w * C;
         const bool left = w > 0, right = w + 1 < W;
         if (top && bot)
