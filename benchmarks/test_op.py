@@ -160,6 +160,12 @@ def test_op(benchmark, bench_settings, op_case):
         outs = call(*sets[0])
     refs = _reference(shape, dtype, device, act, backward)
     tol = REL_TOL[dtype] * (4 if backward else 1)
+    if backward and act != "none":
+        # Where the pre-activation is within rounding of 0 (a few of 33 M elements), our float32 and
+        # PyTorch's take opposite sides of the kink: that element's gradient differs by
+        # (1 - slope) * dy, moving the norm-relative error of dx by ~1e-4 each. A wrong mask
+        # anywhere else gives errors of order 1, far above this bound.
+        tol = max(tol, 2e-3)
     if impl == "mesrgan":
         assert outs[0].shape == shape and outs[0].dtype == dtype
         if layout == "channels_last":
