@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #ifndef MESRGAN_CPU_NS
@@ -84,6 +85,18 @@ static inline T activate_scalar(T v, int act, T slope) {
     default:
       return v;
   }
+}
+
+// Calls f(std::integral_constant<bool, TOP>, std::integral_constant<bool, BOT>) with the row flags
+// as compile-time constants, so that the border cases compile to branch-free loop bodies.
+template <typename F>
+static inline void with_border_rows(bool top, bool bot, F&& f) {
+  using Y = std::true_type;
+  using N = std::false_type;
+  if (top && bot) f(Y{}, Y{});
+  else if (top) f(Y{}, N{});
+  else if (bot) f(N{}, Y{});
+  else f(N{}, N{});
 }
 
 // Zero-padded copies of input rows: element 0 is the left padding (x[-1]), 1..W the row, then zeros
@@ -260,26 +273,20 @@ void fwd_nhwc(const T* x, const T* wt, const T* bias, T* y, int64_t C, int64_t H
       for (; w + 1 < W; w += 2) {
         const int64_t o = w * C;
         const bool left = w > 0, right = w + 2 < W;
-        if (top && bot)
-          fwd_nhwc_pair<T, true, true>(r0 + o, r1 + o, r2 + o, wt, bias, yr + o, C, left, right, act, slope);
-        else if (top)
-          fwd_nhwc_pair<T, true, false>(r0 + o, r1 + o, nullptr, wt, bias, yr + o, C, left, right, act, slope);
-        else if (bot)
-          fwd_nhwc_pair<T, false, true>(nullptr, r1 + o, r2 + o, wt, bias, yr + o, C, left, right, act, slope);
-        else
-          fwd_nhwc_pair<T, false, false>(nullptr, r1 + o, nullptr, wt, bias, yr + o, C, left, right, act, slope);
+        with_border_rows(top, bot, [&](auto tp, auto bt) {
+          fwd_nhwc_pair<T, decltype(tp)::value, decltype(bt)::value>(top ? r0 + o : nullptr, r1 + o,
+                                                                      bot ? r2 + o : nullptr, wt, bias, yr + o, C,
+                                                                      left, right, act, slope);
+        });
       }
       for (; w < W; ++w) {  // the last column of an odd width
         const int64_t o = w * C;
         const bool left = w > 0, right = w + 1 < W;
-        if (top && bot)
-          fwd_nhwc_pos<T, true, true>(r0 + o, r1 + o, r2 + o, wt, bias, yr + o, C, left, right, act, slope);
-        else if (top)
-          fwd_nhwc_pos<T, true, false>(r0 + o, r1 + o, nullptr, wt, bias, yr + o, C, left, right, act, slope);
-        else if (bot)
-          fwd_nhwc_pos<T, false, true>(nullptr, r1 + o, r2 + o, wt, bias, yr + o, C, left, right, act, slope);
-        else
-          fwd_nhwc_pos<T, false, false>(nullptr, r1 + o, nullptr, wt, bias, yr + o, C, left, right, act, slope);
+        with_border_rows(top, bot, [&](auto tp, auto bt) {
+          fwd_nhwc_pos<T, decltype(tp)::value, decltype(bt)::value>(top ? r0 + o : nullptr, r1 + o,
+                                                                     bot ? r2 + o : nullptr, wt, bias, yr + o, C,
+                                                                     left, right, act, slope);
+        });
       }
       continue;
     }
@@ -449,14 +456,11 @@ void bwdw_nhwc(const T* x, const T* g, int64_t C, int64_t H, int64_t W, int64_t 
       V mask;
       for (int l = 0; l < L; ++l) mask[l] = cb + l >= c0 ? T(1) : T(0);
       V* a = acc.data() + bi * 10;
-      if (top && bot)
-        bwdw_nhwc_block<T, true, true>(r0 + cb, r1 + cb, r2 + cb, gr + cb, mask, a, w0, w1, W, C);
-      else if (top)
-        bwdw_nhwc_block<T, true, false>(r0 + cb, r1 + cb, nullptr, gr + cb, mask, a, w0, w1, W, C);
-      else if (bot)
-        bwdw_nhwc_block<T, false, true>(nullptr, r1 + cb, r2 + cb, gr + cb, mask, a, w0, w1, W, C);
-      else
-        bwdw_nhwc_block<T, false, false>(nullptr, r1 + cb, nullptr, gr + cb, mask, a, w0, w1, W, C);
+      with_border_rows(top, bot, [&](auto tp, auto bt) {
+        bwdw_nhwc_block<T, decltype(tp)::value, decltype(bt)::value>(top ? r0 + cb : nullptr, r1 + cb,
+                                                                      bot ? r2 + cb : nullptr, gr + cb, mask, a, w0,
+                                                                      w1, W, C);
+      });
     }
     if ((r - row_begin + 1) % rows_per_flush == 0) flush();
   }
