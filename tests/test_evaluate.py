@@ -18,13 +18,7 @@ from mesrgan.metrics import psnr, rmse, ssim
 from mesrgan.models import build_generator, generator_checkpoint, generator_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny convolutions on a shared 2-core machine: a second thread only adds contention
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Bicubic(nn.Module):

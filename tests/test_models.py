@@ -26,15 +26,12 @@ TINY = {
 }
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    # On a small shared machine, intra-op threads fighting other processes make these tiny
-    # networks orders of magnitude slower; one thread keeps the file fast everywhere.
+def _seed():
     torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny(name, scale=4, **overrides):

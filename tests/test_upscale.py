@@ -21,13 +21,7 @@ from mesrgan.upscale import main, upscale_tensor
 TINY = {"num_blocks": 1, "features": 8, "growth": 4}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny convolutions on a shared 2-core machine: a second thread only adds contention
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny(name="esrgan", scale=4, seed=0):
