@@ -135,6 +135,21 @@ def test_backward_computes_only_what_is_needed(need):
             assert t.grad is None
 
 
+@pytest.mark.parametrize("kwargs", [{}, {"activation": "none"}, {"negative_slope": 0.2}, {"activation": "relu"}])
+def test_backward_with_default_arguments(kwargs):
+    # bias=None and the defaults left out: the recorded call then has fewer arguments.
+    x, w, _ = make((2, 4, 6, 5))
+    x.requires_grad_(); w.requires_grad_()
+    depthwise_conv3x3(x, w, **kwargs).square().sum().backward()
+    xr, wr = (t.detach().requires_grad_() for t in (x, w))
+    depthwise_conv3x3_reference(xr, wr, **kwargs).square().sum().backward()
+    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(w.grad, wr.grad, rtol=1e-10, atol=1e-10)
+    xo = x.detach().requires_grad_()  # input gradient only
+    depthwise_conv3x3(xo, w.detach(), **kwargs).sum().backward()
+    assert xo.grad is not None
+
+
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_backward_float32_large(layout):
     x, w, b = make((3, 24, 37, 45), dtype=torch.float32, layout=layout)

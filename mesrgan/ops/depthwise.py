@@ -121,7 +121,9 @@ def _setup_forward(ctx, inputs, output):
 
 def _backward_forward(ctx, grad_y):
     x, weight, y = ctx.saved_tensors
-    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    # torch.library leaves trailing arguments equal to their defaults out of the call it records
+    # (bias=None, activation="none", negative_slope=0.2), and out of needs_input_grad with them.
+    need_x, need_w, need_b = (tuple(ctx.needs_input_grad) + (False,) * 3)[:3]
     grad_pre = grad_y if ctx.activation == "none" else _op_act_bwd(grad_y, y, ctx.activation, ctx.negative_slope)
     grad_x = grad_w = grad_b = None
     if need_x:
