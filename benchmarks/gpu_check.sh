@@ -24,7 +24,7 @@
 #   report          python -m benchmarks.report -> OUTDIR/RESULTS.md (section "cuda"), OUTDIR/table1-cuda.png
 #
 # OUTDIR receives summary.txt (one line per step: name, rc, seconds; then the sanitizer verdicts
-# and test tallies), RESULTS.md, table1-cuda.png, json/ (the benchmark JSON files), logs/ (one log
+# and test tallies), RESULTS.md, table1-cuda.png, build.tar.gz (the built extension), json/ (the benchmark JSON files), logs/ (one log
 # per step) and gpu_check.tar.gz (json/ and logs/). --pack removes json/ and logs/ after packing,
 # leaving 4 files (for a device tool that returns only a few). Add the GPU numbers to the
 # repository's benchmarks/RESULTS.md afterwards with
@@ -105,6 +105,10 @@ $PY -c 'import torch; print(\"torch\", torch.__version__, \"cuda\", torch.versio
 step build 240 "TORCH_CUDA_ARCH_LIST='$ARCH' MAX_JOBS=$JOBS MESRGAN_CUDA=1 MESRGAN_PTXAS_VERBOSE=1 \
 $PY -m pip install --no-build-isolation --no-deps -v -e . && \
 $PY -c 'import mesrgan; assert mesrgan._ext.WITH_CUDA, \"built without CUDA\"; print(\"mesrgan loaded from\", mesrgan._ext.LIBRARY_PATH)'"
+
+# The built extension, so that a rerun that changes no C++/CUDA source can skip the build:
+#   tar xzf build.tar.gz && GPU_CHECK_SKIP=build benchmarks/gpu_check.sh OUTDIR
+tar czf "$OUTDIR/build.tar.gz" mesrgan/_C*.so mesrgan/_build_info.py 2>/dev/null || rm -f "$OUTDIR/build.tar.gz"
 
 step test-rest 150 "$PY -m pytest tests -m 'not cuda' -q -rfE -p no:cacheprovider" &
 REST_PID=$!
