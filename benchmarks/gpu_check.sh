@@ -106,6 +106,14 @@ step build 240 "TORCH_CUDA_ARCH_LIST='$ARCH' MAX_JOBS=$JOBS MESRGAN_CUDA=1 MESRG
 $PY -m pip install --no-build-isolation --no-deps -v -e . && \
 $PY -c 'import mesrgan; assert mesrgan._ext.WITH_CUDA, \"built without CUDA\"; print(\"mesrgan loaded from\", mesrgan._ext.LIBRARY_PATH)'"
 
+# Nothing below can run without the extension: a failed build ends the check (device time is scarce).
+if ! grep -qE "^build +rc=(0|skip) " "$SUMMARY"; then
+  note "total $(($(date +%s) - START))s; SOME STEPS FAILED: the build, so nothing else ran"
+  echo; echo "---- errors in logs/build.log"; grep -E -B2 -A6 "error|FAILED" "$LOGS/build.log" | head -60
+  tar czf "$OUTDIR/gpu_check.tar.gz" -C "$OUTDIR" logs json 2>/dev/null
+  exit 1
+fi
+
 # The built extension, so that a rerun that changes no C++/CUDA source can skip the build:
 #   tar xzf build.tar.gz && GPU_CHECK_SKIP=build benchmarks/gpu_check.sh OUTDIR
 tar czf "$OUTDIR/build.tar.gz" mesrgan/_C*.so mesrgan/_build_info.py 2>/dev/null || rm -f "$OUTDIR/build.tar.gz"

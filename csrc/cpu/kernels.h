@@ -14,9 +14,10 @@
 //  * Weight gradient: float vector accumulators per tap, flushed into double sums every few rows.
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 #include <type_traits>
-#include <vector>
 
 #ifndef MESRGAN_CPU_NS
 #error "define MESRGAN_CPU_NS before including kernels.h"
@@ -99,13 +100,36 @@ static inline void with_border_rows(bool top, bool bot, F&& f) {
   else f(N{}, N{});
 }
 
+// A zero-filled scratch array, 64-byte aligned. Not a standard vector: GCC 13 marks std::allocator's
+// members always_inline, and inlining them into functions compiled under `#pragma GCC target` (the
+// AVX2 copy of this file) fails with "target specific option mismatch".
+template <typename T>
+class Scratch {
+ public:
+  explicit Scratch(int64_t n) {
+    const size_t bytes = (static_cast<size_t>(n) * sizeof(T) + 63) / 64 * 64;
+    p_ = static_cast<T*>(std::aligned_alloc(64, bytes > 0 ? bytes : 64));
+    if (p_ == nullptr) throw std::bad_alloc();
+    for (int64_t i = 0; i < n; ++i) p_[i] = T{};
+  }
+  ~Scratch() { std::free(p_); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  T* data() { return p_; }
+  const T* data() const { return p_; }
+  T& operator[](int64_t i) { return p_[i]; }
+
+ private:
+  T* p_;
+};
+
 // Zero-padded copies of input rows: element 0 is the left padding (x[-1]), 1..W the row, then zeros
 // up to a whole number of vectors plus one; and a row of zeros (the padding rows).
 template <typename T>
 struct PaddedRows {
   int64_t W, stride;
-  std::vector<T> buf;  // 4 rows: a ring of 3 and one row of zeros
-  PaddedRows(int64_t W_, int L) : W(W_), stride(((W_ + 2 + L - 1) / L + 1) * L), buf(4 * stride, T(0)) {}
+  Scratch<T> buf;  // 4 rows: a ring of 3 and one row of zeros
+  PaddedRows(int64_t W_, int L) : W(W_), stride(((W_ + 2 + L - 1) / L + 1) * L), buf(4 * stride) {}
   T* slot(int s) { return buf.data() + s * stride; }
   const T* zeros() const { return buf.data() + 3 * stride; }
   const T* fill(int s, const T* row) {
@@ -258,7 +282,6 @@ static inline void fwd_nhwc_pair(const T* r0, const T* r1, const T* r2, const T*
 template <typename T>
 void fwd_nhwc(const T* x, const T* wt, const T* bias, T* y, int64_t C, int64_t H, int64_t W, int64_t row_begin,
               int64_t row_end, int act, T slope) {
-  using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::L;
   const int64_t rowlen = W * C;
   for (int64_t r = row_begin; r < row_end; ++r) {
@@ -325,7 +348,7 @@ void bwdw_nchw(const T* x, const T* g, int64_t H, int64_t W, int64_t plane_begin
   constexpr int L = Vec<T>::L;
   PaddedRows<T> rows(W, L);
   // grad_out rows are copied to offset 0 of a zero-padded buffer, so lanes past W contribute nothing.
-  std::vector<T> gbuf(rows.stride, T(0));
+  Scratch<T> gbuf(rows.stride);
   const int64_t rows_per_flush = std::max<int64_t>(1, kFlushElems / std::max<int64_t>(W, 1));
   for (int64_t p = plane_begin; p < plane_end; ++p) {
     const T* xp = x + p * H * W;
@@ -429,7 +452,7 @@ void bwdw_nhwc(const T* x, const T* g, int64_t C, int64_t H, int64_t W, int64_t 
     return;
   }
   const int64_t nblocks = (C + L - 1) / L;
-  std::vector<V> acc(10 * nblocks, V{});
+  Scratch<V> acc(10 * nblocks);
   const int64_t rows_per_flush = std::max<int64_t>(1, kFlushElems / std::max<int64_t>(W, 1));
   auto flush = [&] {
     for (int64_t bi = 0; bi < nblocks; ++bi) {
