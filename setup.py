@@ -59,6 +59,12 @@ def main():
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     cxx_flags = ["-O3", "-fno-math-errno", "-Wno-psabi"]
     define_macros = []
+    # libstdc++ linked as a shared library, whatever the compiler driver's defaults: an extension
+    # that carries its own static copy (seen with a g++ wrapper that adds -static-libstdc++) mixes
+    # two C++ runtimes with torch's, and then error messages come out truncated or a thrown
+    # c10::Error crashes the process. An explicit -lstdc++ resolves every C++ runtime symbol
+    # against the shared library before the driver's own (static) one is reached.
+    link_flags = ["-lstdc++"] if sys.platform.startswith("linux") else []
     if use_cuda:
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCH_LIST
@@ -70,10 +76,12 @@ def main():
         log(f"CUDA build: torch {torch.__version__} (CUDA {torch.version.cuda}), toolkit {CUDA_HOME}, "
             f"TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST') or '(detected from visible GPUs)'}")
         ext = CUDAExtension("mesrgan._C", sources, extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
-                            define_macros=define_macros, include_dirs=[os.path.join(HERE, "csrc")])
+                            extra_link_args=link_flags, define_macros=define_macros,
+                            include_dirs=[os.path.join(HERE, "csrc")])
     else:
         ext = CppExtension("mesrgan._C", sources, extra_compile_args={"cxx": cxx_flags},
-                           define_macros=define_macros, include_dirs=[os.path.join(HERE, "csrc")])
+                           extra_link_args=link_flags, define_macros=define_macros,
+                           include_dirs=[os.path.join(HERE, "csrc")])
 
     # Recorded so that `import mesrgan` can refuse an extension built against another torch
     # with a clear message instead of an `undefined symbol` error.

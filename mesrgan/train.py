@@ -470,6 +470,8 @@ class Trainer:
                 raise SystemExit(f"error: --device {cfg['device']} asked for CUDA, but torch sees no GPU")
             if dist.enabled:
                 dev = torch.device("cuda", dist.local_rank)
+            elif dev.index is None:  # set_device and the checkpoints want an explicit index
+                dev = torch.device("cuda", torch.cuda.current_device())
             torch.cuda.set_device(dev)
         if cfg["amp"] != "none" and dev.type != "cuda":
             raise SystemExit(f"error: --amp {cfg['amp']} needs a CUDA device; this run is on {dev}")

@@ -164,6 +164,16 @@ def test_srgan_and_mesrgan_run(assets, tmp_path):
     assert torch.load(tmp_path / "m" / "last.pt", weights_only=True)["stage"] == "gan"
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("extra", [("--amp", "bf16", "--channels-last"), ("--amp", "fp16", "--ema", "0.999")])
+def test_cuda_runs_both_stages(assets, tmp_path, extra):
+    """`--device cuda` (no index) with autocast, channels_last and EMA: both stages run and save."""
+    assert T.main(tiny(assets, tmp_path / "c", "--device", "cuda", *extra, "--psnr-iters", "2",
+                       "--gan-iters", "2", model="mesrgan")) == 0
+    ck = torch.load(tmp_path / "c" / "last.pt", weights_only=True, map_location="cpu")
+    assert ck["stage"] == "gan"
+
+
 def test_a_few_steps_reduce_the_loss(assets, tmp_path):
     out = tmp_path / "fit"
     T.main(tiny(assets, out, "--stage", "psnr", "--psnr-iters", "24", "--psnr-lr", "2e-3",
