@@ -24,8 +24,6 @@ ACTIVATIONS = ("none", "relu", "relu6", "leaky_relu")
 IMPLS = ("auto", "mesrgan", "torch")
 
 _op = torch.ops.mesrgan.depthwise_conv3x3.default
-_op_bwd_weight = torch.ops.mesrgan.depthwise_conv3x3_backward_weight.default
-_op_act_bwd = torch.ops.mesrgan.depthwise_conv3x3_activation_backward.default
 
 
 def _check_activation(activation, negative_slope):
@@ -112,82 +110,9 @@ def _fake_backward_weight(x, grad_out, need_bias):
     return x.new_empty((C, 1, 3, 3)), x.new_empty((C,) if need_bias else (0,))
 
 
-def _setup_forward(ctx, inputs, output):
-    x, weight, bias, activation, negative_slope = inputs
-    ctx.activation = activation
-    ctx.negative_slope = negative_slope
-    ctx.save_for_backward(x, weight, output if activation != "none" else None)
-
-
-def _backward_forward(ctx, grad_y):
-    x, weight, y = ctx.saved_tensors
-    # torch.library leaves trailing arguments equal to their defaults out of the call it records
-    # (bias=None, activation="none", negative_slope=0.2), and out of needs_input_grad with them.
-    need_x, need_w, need_b = (tuple(ctx.needs_input_grad) + (False,) * 3)[:3]
-    grad_pre = grad_y if ctx.activation == "none" else _op_act_bwd(grad_y, y, ctx.activation, ctx.negative_slope)
-    grad_x = grad_w = grad_b = None
-    if need_x:
-        grad_x = _op(grad_pre, weight.flip((2, 3)), None, "none", 0.0)
-    if need_w:
-        grad_w, grad_b = _op_bwd_weight(x, grad_pre, need_b)
-        if not need_b:
-            grad_b = None
-    elif need_b:
-        grad_b = grad_pre.sum(dim=(0, 2, 3))
-    return grad_x, grad_w, grad_b, None, None
-
-
-torch.library.register_autograd("mesrgan::depthwise_conv3x3", _backward_forward, setup_context=_setup_forward)
-
-
-def _setup_activation_backward(ctx, inputs, output):
-    _, out, activation, negative_slope = inputs
-    ctx.activation = activation
-    ctx.negative_slope = negative_slope
-    ctx.save_for_backward(out)
-
-
-def _backward_activation_backward(ctx, grad):
-    # Linear in grad_out with the same mask; the mask is piecewise constant in out (zero derivative).
-    (out,) = ctx.saved_tensors
-    grad_g = _op_act_bwd(grad, out, ctx.activation, ctx.negative_slope) if ctx.needs_input_grad[0] else None
-    return grad_g, None, None, None
-
-
-torch.library.register_autograd("mesrgan::depthwise_conv3x3_activation_backward", _backward_activation_backward,
-                                setup_context=_setup_activation_backward)
-
-
-def _setup_backward_weight(ctx, inputs, output):
-    x, grad_out, need_bias = inputs
-    ctx.need_bias = need_bias
-    ctx.save_for_backward(x, grad_out)
-
-
-def _backward_backward_weight(ctx, gg_weight, gg_bias):
-    # grad_weight[c, i, j] = sum over (n, h, w) of x[n, c, h+i-1, w+j-1] * grad_out[n, c, h, w], so
-    # its derivative in grad_out is the forward op on x with weight gg_weight, and in x the forward op
-    # on grad_out with gg_weight rotated 180°.
-    x, grad_out = ctx.saved_tensors
-    need_x, need_g = ctx.needs_input_grad[:2]
-    grad_x = grad_g = None
-    if gg_weight is not None:
-        if need_x:
-            grad_x = _op(grad_out, gg_weight.flip((2, 3)), None, "none", 0.0)
-        if need_g:
-            grad_g = _op(x, gg_weight, None, "none", 0.0)
-    if need_g and ctx.need_bias and gg_bias is not None and gg_bias.numel() > 0:
-        gb = gg_bias.view(1, -1, 1, 1).expand_as(grad_out)
-        grad_g = gb if grad_g is None else grad_g + gb
-    if need_x and grad_x is None:
-        grad_x = torch.zeros_like(x)
-    if need_g and grad_g is None:
-        grad_g = torch.zeros_like(grad_out)
-    return grad_x, grad_g, None
-
-
-torch.library.register_autograd("mesrgan::depthwise_conv3x3_backward_weight", _backward_backward_weight,
-                                setup_context=_setup_backward_weight)
+# Autograd of all three ops is registered in C++ (csrc/autograd.cpp), so that a forward + backward
+# runs no Python beyond the call itself; the backward of each is written with the ops, so double
+# backward works.
 
 
 def _has_kernel(x):
