@@ -65,6 +65,14 @@ def main():
     # c10::Error crashes the process. An explicit -lstdc++ resolves every C++ runtime symbol
     # against the shared library before the driver's own (static) one is reached.
     link_flags = ["-lstdc++"] if sys.platform.startswith("linux") else []
+    # at::parallel_for is an inline template that runs in parallel only when the including file is
+    # compiled with OpenMP (_OPENMP defined); without -fopenmp every CPU kernel would run on one
+    # thread. The extension then needs libgomp.so.1, which is the one torch has already loaded.
+    if torch._C.has_openmp and sys.platform.startswith("linux"):
+        cxx_flags.append("-fopenmp")
+        link_flags.append("-fopenmp")
+    else:
+        log("torch has no OpenMP: the CPU kernels will run on one thread")
     if use_cuda:
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCH_LIST

@@ -11,8 +11,9 @@ Ids read ``op-<pass>-<device>-<dtype>-<layout>-<impl>-<N>x<C>x<H>x<W>-<activatio
 Shapes are those of the depthwise conv inside MESRGAN's bottleneck blocks: a dense block's convs take
 64, 96, 128, 160, 192 channels and give 32, 32, 32, 32, 64, and the hidden width is t = 2 times the
 input (the paper's code: 128 … 384 channels) or times the output (64, 128 channels). Each at the
-training size (batch 16, LR 32×32) and at inference on a 128×128 LR image (batch 1); plus one large
-tensor (16, 128, 128, 128), also with the fused LeakyReLU 0.2 the model uses.
+training size (batch 16, LR 32×32) and at inference on a 128×128 LR image (batch 1); plus the shape
+of the CPU speed targets, (16, 128, 64, 64), and one large tensor (16, 128, 128, 128), also with the
+fused LeakyReLU 0.2 the model uses.
 
 extra_info:
   bytes     bytes the pass must move at least: fwd reads x once and writes y once (2 tensors);
@@ -40,6 +41,7 @@ HIDDEN_INPUT = {2 * c: f"2x{c} (t x input)" for c in (64, 96, 128, 160, 192)}
 HIDDEN_OUTPUT = {2 * c: f"2x{c} (t x output)" for c in (32, 64)}
 CHANNELS = sorted(set(HIDDEN_INPUT) | set(HIDDEN_OUTPUT))
 BIG = (16, 128, 128, 128)
+TARGET = (16, 128, 64, 64)  # the shape of the CPU speed targets (issue 2)
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 DTYPES = {"cpu": (torch.float32,), "cuda": (torch.float32, torch.bfloat16, torch.float16)}
 CPU_DEFAULT_MAX_ROUNDS = 20  # keeps the CPU default suite under 10 minutes on 2 cores
@@ -48,6 +50,8 @@ CPU_DEFAULT_MAX_ROUNDS = 20  # keeps the CPU default suite under 10 minutes on 2
 def _role(shape):
     if shape == BIG:
         return "large tensor"
+    if shape == TARGET:
+        return "speed-target shape"
     c = shape[1]
     where = "train LR 32x32, batch 16" if shape[0] == 16 else "inference LR 128x128, batch 1"
     widths = " / ".join(d[c] for d in (HIDDEN_INPUT, HIDDEN_OUTPUT) if c in d)
@@ -56,7 +60,7 @@ def _role(shape):
 
 def _shapes():
     shapes = [(16, c, 32, 32) for c in CHANNELS] + [(1, c, 128, 128) for c in CHANNELS]
-    return [(s, "none") for s in shapes] + [(BIG, "none"), (BIG, "leaky_relu")]
+    return [(s, "none") for s in shapes] + [(TARGET, "none"), (BIG, "none"), (BIG, "leaky_relu")]
 
 
 def _cases(settings):

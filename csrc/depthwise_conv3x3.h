@@ -36,6 +36,10 @@ at::Tensor as_kernel_layout(const at::Tensor& x, Layout* layout);
 // (C, 10) sums (9 taps, then the bias) -> fresh (grad_weight (C, 1, 3, 3), grad_bias (C,) or (0,)).
 std::tuple<at::Tensor, at::Tensor> split_sums(const at::Tensor& sums, at::ScalarType dtype, bool need_bias);
 
+// An uninitialised CPU output shaped like `like` in the given layout; large ones come from
+// recycled memory (cpu/output_cache.cpp).
+at::Tensor empty_output_cpu(const at::Tensor& like, Layout layout);
+
 // Backend kernels. weight is (C, 1, 3, 3); bias is (C,) or undefined.
 at::Tensor depthwise_conv3x3_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                                  const std::string& activation, double negative_slope);

@@ -314,6 +314,52 @@ def test_error_mixed_devices():
         depthwise_conv3x3(x.cuda(), w, b.cuda())
 
 
+# ---------------------------------------------------------------- CPU runtime
+
+def test_cpu_kernels_are_built_parallel_like_torch():
+    """at::parallel_for runs on one thread unless the extension is compiled with OpenMP."""
+    assert torch.ops.mesrgan._cpu_parallel() == torch._C.has_openmp
+
+
+def test_cpu_output_cache_recycles_large_outputs_and_writes_every_element():
+    """A large output's block comes back for the next output of that size; a recycled (dirty)
+    block is fully overwritten; layouts and activations stay right; clearing frees the idle blocks."""
+    g = torch.Generator().manual_seed(3)
+    torch.ops.mesrgan._cpu_cache_clear()
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(2, 48, 120, 104, generator=g).contiguous(memory_format=fmt)  # 4.6 MiB
+        w = torch.randn(48, 1, 3, 3, generator=g)
+        b = torch.randn(48, generator=g)
+        y = depthwise_conv3x3(x, w, b)
+        y.fill_(float("nan"))  # the block goes back to the cache dirty
+        del y
+        hits = torch.ops.mesrgan._cpu_cache_info()[2]
+        for act in ("none", "leaky_relu"):
+            y = depthwise_conv3x3(x, w, b, activation=act)
+            assert y.is_contiguous(memory_format=fmt)
+            torch.testing.assert_close(y, depthwise_conv3x3_reference(x, w, b, activation=act), rtol=1e-5, atol=1e-5)
+            y.fill_(float("nan"))
+            del y
+        idle_bytes, idle_blocks, hits_after, _, limit = torch.ops.mesrgan._cpu_cache_info()
+        assert hits_after == hits + 2 and idle_blocks >= 1 and 0 < idle_bytes <= limit
+    torch.ops.mesrgan._cpu_cache_clear()
+    assert torch.ops.mesrgan._cpu_cache_info()[:2] == [0, 0]
+
+
+@pytest.mark.parametrize("value, ok", [("0", True), ("lots", False), ("-5", False)])
+def test_cpu_output_cache_setting(value, ok):
+    code = ("import torch, mesrgan\n"
+            "x = torch.randn(1, 64, 160, 160)\n"
+            "y = mesrgan.ops.depthwise_conv3x3(x, torch.randn(64, 1, 3, 3)); del y\n"
+            "print(torch.ops.mesrgan._cpu_cache_info())\n")
+    env = dict(os.environ, MESRGAN_CPU_CACHE_MB=value)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    if ok:  # 0: off, nothing cached
+        assert out.returncode == 0 and out.stdout.strip() == "[0, 0, 0, 0, 0]", out.stderr
+    else:
+        assert out.returncode != 0 and "MESRGAN_CPU_CACHE_MB must be a whole number of MiB >= 0" in out.stderr
+
+
 def test_extension_built_for_another_torch_is_refused(monkeypatch):
     from mesrgan import _build_info, _ext
     monkeypatch.setattr(_build_info, "TORCH_VERSION", "1.0.0")

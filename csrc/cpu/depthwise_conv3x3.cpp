@@ -7,10 +7,6 @@
 #include <cstdlib>
 #include <cstring>
 
-#ifdef __linux__
-#include <sys/mman.h>
-#endif
-
 #include "cpu/kernels_decl.h"
 #include "depthwise_conv3x3.h"
 
@@ -38,23 +34,6 @@ bool use_avx2() {
 #define MESRGAN_CPU_CALL(fn, ...) cpu::base::fn(__VA_ARGS__)
 #endif
 
-// A fresh output of tens of MB costs more in page faults (one per 4 KiB page, each zeroing it) than
-// the convolution itself. Asking for transparent huge pages on the still untouched buffer cuts that
-// cost several-fold where the kernel's THP mode is "madvise" (a no-op elsewhere). Only the 2 MiB
-// aligned interior is advised; the memory stays owned by torch's allocator.
-void advise_huge_pages(const at::Tensor& t) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-  const size_t nbytes = t.numel() * t.element_size();
-  if (nbytes < 2 * kHuge) return;
-  static const bool off = std::getenv("MESRGAN_NO_THP") != nullptr;
-  if (off) return;
-  const uintptr_t p = reinterpret_cast<uintptr_t>(t.data_ptr());
-  const uintptr_t start = (p + kHuge - 1) & ~(kHuge - 1), end = (p + nbytes) & ~(kHuge - 1);
-  if (end > start) madvise(reinterpret_cast<void*>(start), end - start, MADV_HUGEPAGE);
-#endif
-}
-
 // Rows per NCHW work unit: a band is enough work to amortise a task, and small planes stay whole.
 constexpr int64_t kBandRows = 32;
 
@@ -68,9 +47,8 @@ at::Tensor depthwise_conv3x3_cpu(const at::Tensor& x_in, const at::Tensor& weigh
   Layout layout;
   const at::Tensor x = as_kernel_layout(x_in, &layout);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  at::Tensor y = at::empty_like(x);  // keeps x's (kernel) memory format
+  at::Tensor y = empty_output_cpu(x, layout);  // in x's (kernel) layout
   if (y.numel() == 0) return y;
-  advise_huge_pages(y);
   const bool has_bias = bias_in.has_value() && bias_in->defined();
   const at::Tensor bias = has_bias ? bias_in->contiguous() : at::Tensor();
 
@@ -147,8 +125,7 @@ at::Tensor depthwise_conv3x3_activation_backward_cpu(const at::Tensor& grad_out_
   Layout layout;
   const at::Tensor g = as_kernel_layout(grad_out_in, &layout);
   const at::Tensor y = in_layout(out_in, layout);
-  at::Tensor r = at::empty_like(g);
-  advise_huge_pages(r);
+  at::Tensor r = empty_output_cpu(g, layout);
   const int64_t n = r.numel();
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "depthwise_conv3x3_activation_backward_cpu", [&] {
     at::parallel_for(0, n, 1 << 15, [&](int64_t begin, int64_t end) {
@@ -158,6 +135,18 @@ at::Tensor depthwise_conv3x3_activation_backward_cpu(const at::Tensor& grad_out_
   });
   return r;
 }
+
+// Whether at::parallel_for in this file can use several threads: only when it was compiled with
+// OpenMP, like torch itself (see setup.py). A test compares it with torch._C.has_openmp.
+static bool cpu_parallel() {
+#ifdef INTRA_OP_PARALLEL
+  return true;
+#else
+  return false;
+#endif
+}
+
+TORCH_LIBRARY_FRAGMENT(mesrgan, m) { m.def("_cpu_parallel() -> bool", &cpu_parallel); }
 
 TORCH_LIBRARY_IMPL(mesrgan, CPU, m) {
   m.impl("depthwise_conv3x3_activation_backward", &depthwise_conv3x3_activation_backward_cpu);
