@@ -325,7 +325,7 @@ def test_cpu_output_cache_recycles_large_outputs_and_writes_every_element():
     """A large output's block comes back for the next output of that size; a recycled (dirty)
     block is fully overwritten; layouts and activations stay right; clearing frees the idle blocks."""
     g = torch.Generator().manual_seed(3)
-    torch.ops.mesrgan._cpu_cache_clear()
+    mesrgan.ops.empty_cpu_cache()
     for fmt in (torch.contiguous_format, torch.channels_last):
         x = torch.randn(2, 48, 120, 104, generator=g).contiguous(memory_format=fmt)  # 4.6 MiB
         w = torch.randn(48, 1, 3, 3, generator=g)
@@ -333,17 +333,38 @@ def test_cpu_output_cache_recycles_large_outputs_and_writes_every_element():
         y = depthwise_conv3x3(x, w, b)
         y.fill_(float("nan"))  # the block goes back to the cache dirty
         del y
-        hits = torch.ops.mesrgan._cpu_cache_info()[2]
+        hits = mesrgan.ops.cpu_cache_info()["hits"]
         for act in ("none", "leaky_relu"):
             y = depthwise_conv3x3(x, w, b, activation=act)
             assert y.is_contiguous(memory_format=fmt)
             torch.testing.assert_close(y, depthwise_conv3x3_reference(x, w, b, activation=act), rtol=1e-5, atol=1e-5)
             y.fill_(float("nan"))
             del y
-        idle_bytes, idle_blocks, hits_after, _, limit = torch.ops.mesrgan._cpu_cache_info()
-        assert hits_after == hits + 2 and idle_blocks >= 1 and 0 < idle_bytes <= limit
-    torch.ops.mesrgan._cpu_cache_clear()
-    assert torch.ops.mesrgan._cpu_cache_info()[:2] == [0, 0]
+        info = mesrgan.ops.cpu_cache_info()
+        assert info["hits"] == hits + 2 and info["idle_blocks"] >= 1 and 0 < info["idle_bytes"] <= info["limit_bytes"]
+    mesrgan.ops.empty_cpu_cache()
+    info = mesrgan.ops.cpu_cache_info()
+    assert info["idle_bytes"] == 0 and info["idle_blocks"] == 0
+
+
+def test_cpu_output_cache_in_a_forked_child():
+    """A forked child (a DataLoader worker, say) uses the cache it inherits, lock reset, results right.
+    Like a DataLoader worker it runs on one thread: GNU OpenMP cannot start threads in a child forked
+    after the parent used them (torch's own ops hang there too)."""
+    code = ("import os, torch, mesrgan\n"
+            "x = torch.randn(1, 64, 160, 160); w = torch.randn(64, 1, 3, 3)\n"
+            "y = mesrgan.ops.depthwise_conv3x3(x, w); del y\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n"
+            "    torch.set_num_threads(1)\n"
+            "    y = mesrgan.ops.depthwise_conv3x3(x, w, activation='relu')\n"
+            "    ref = mesrgan.ops.depthwise_conv3x3_reference(x, w, activation='relu')\n"
+            "    hit = mesrgan.ops.cpu_cache_info()['hits'] >= 1\n"
+            "    os._exit(0 if hit and torch.allclose(y, ref, rtol=1e-5, atol=1e-5) else 3)\n"
+            "_, status = os.waitpid(pid, 0)\n"
+            "print('child exit', os.waitstatus_to_exitcode(status))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "child exit 0" in out.stdout, out.stdout + out.stderr
 
 
 @pytest.mark.parametrize("value, ok", [("0", True), ("lots", False), ("-5", False)])

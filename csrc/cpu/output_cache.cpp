@@ -10,7 +10,8 @@
 //     pages, unless MESRGAN_NO_THP is set); smaller ones from torch's own allocator;
 //   * when such a tensor dies, its block is kept for the next output of the same rounded size,
 //     while the idle blocks stay under MESRGAN_CPU_CACHE_MB (default 1024; 0 turns the cache off);
-//   * torch.ops.mesrgan._cpu_cache_info() reports it, _cpu_cache_clear() frees the idle blocks.
+//   * torch.ops.mesrgan._cpu_cache_info() reports it, _cpu_cache_clear() frees the idle blocks
+//     (mesrgan.ops.cpu_cache_info() / empty_cpu_cache() in Python).
 #include <ATen/ATen.h>
 #include <ATen/EmptyTensor.h>
 #include <c10/core/Allocator.h>
@@ -25,6 +26,7 @@
 #include <vector>
 
 #ifdef __linux__
+#include <pthread.h>
 #include <sys/mman.h>
 #endif
 
@@ -127,6 +129,8 @@ class Cache {
     }
   }
 
+  void reset_lock_after_fork() { new (&mu_) std::mutex(); }
+
   std::vector<int64_t> info() {
     std::lock_guard<std::mutex> lock(mu_);
     int64_t blocks = 0;
@@ -144,7 +148,15 @@ class Cache {
 
 // Never destroyed: tensors may outlive static destruction at interpreter exit.
 Cache& cache() {
-  static Cache* c = new Cache();
+  static Cache* c = [] {
+    Cache* made = new Cache();
+#ifdef __linux__
+    // A child forked while another thread held the lock (a DataLoader worker, say) must not
+    // inherit it held: the child starts with a fresh, unlocked mutex.
+    pthread_atfork(nullptr, nullptr, [] { cache().reset_lock_after_fork(); });
+#endif
+    return made;
+  }();
   return *c;
 }
 

@@ -115,6 +115,19 @@ def _fake_backward_weight(x, grad_out, need_bias):
 # backward works.
 
 
+def cpu_cache_info():
+    """The CPU output cache (large outputs of the mesrgan ops come from recycled memory; see the
+    README): a dict with ``idle_bytes``, ``idle_blocks``, ``hits``, ``misses`` and ``limit_bytes``
+    (``MESRGAN_CPU_CACHE_MB``; 0 when the cache is off)."""
+    keys = ("idle_bytes", "idle_blocks", "hits", "misses", "limit_bytes")
+    return dict(zip(keys, torch.ops.mesrgan._cpu_cache_info()))
+
+
+def empty_cpu_cache():
+    """Frees the idle blocks of the CPU output cache (tensors still alive keep theirs)."""
+    torch.ops.mesrgan._cpu_cache_clear()
+
+
 def _has_kernel(x):
     if x.device.type == "cpu":
         return x.dtype in (torch.float32, torch.float64)
