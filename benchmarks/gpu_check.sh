@@ -125,7 +125,7 @@ $PY -c "import xdist" 2>/dev/null && XDIST="-n 6"
 step test-rest 200 "OMP_NUM_THREADS=2 $PY -m pytest tests -m 'not cuda' -q -rfE -p no:cacheprovider $XDIST" &
 REST_PID=$!
 
-step test-cuda 120 "$PY -m pytest tests -m cuda -q -rfEs -p no:cacheprovider"
+step test-cuda 180 "$PY -m pytest tests -m cuda -q -rfEs -p no:cacheprovider"
 
 # No caching allocator under memcheck: each tensor its own cudaMalloc, so a read past a tensor's
 # end is caught instead of landing in a pooled block.

@@ -367,6 +367,23 @@ def test_cpu_output_cache_in_a_forked_child():
     assert out.returncode == 0 and "child exit 0" in out.stdout, out.stdout + out.stderr
 
 
+def test_cpu_output_cache_keeps_the_newest_blocks_under_its_limit():
+    """Over MESRGAN_CPU_CACHE_MB the oldest idle blocks are freed first, so the cache follows
+    changing sizes: an 8 MiB limit keeps the 8 MiB block of the second size, not the first's 6 MiB."""
+    code = ("import torch, mesrgan\n"
+            "from mesrgan.ops import depthwise_conv3x3, cpu_cache_info\n"
+            "w = torch.randn(64, 1, 3, 3)\n"
+            "a = torch.randn(1, 64, 140, 134)\n"  # 4.6 MiB -> a 6 MiB block
+            "b = torch.randn(1, 64, 160, 160)\n"  # 6.25 MiB -> an 8 MiB block
+            "y = depthwise_conv3x3(a, w); z = depthwise_conv3x3(b, w); del y; del z\n"
+            "i = cpu_cache_info(); print(i['idle_blocks'], i['idle_bytes'] >> 20)\n"
+            "z = depthwise_conv3x3(b, w); i = cpu_cache_info(); print(i['hits'], i['idle_blocks'])\n")
+    env = dict(os.environ, MESRGAN_CPU_CACHE_MB="8")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "8", "1", "0"], out.stdout
+
+
 @pytest.mark.parametrize("value, ok", [("0", True), ("lots", False), ("-5", False)])
 def test_cpu_output_cache_setting(value, ok):
     code = ("import torch, mesrgan\n"

@@ -8,8 +8,9 @@
 // CPU side has none. This is a small one, for our outputs only:
 //   * outputs of at least kMinBytes come from 2 MiB aligned blocks (advised for transparent huge
 //     pages, unless MESRGAN_NO_THP is set); smaller ones from torch's own allocator;
-//   * when such a tensor dies, its block is kept for the next output of the same rounded size,
-//     while the idle blocks stay under MESRGAN_CPU_CACHE_MB (default 1024; 0 turns the cache off);
+//   * when such a tensor dies, its block is kept for the next output of the same rounded size;
+//     the idle blocks stay under MESRGAN_CPU_CACHE_MB (default 1024; 0 turns the cache off), the
+//     oldest going back to the system first;
 //   * torch.ops.mesrgan._cpu_cache_info() reports it, _cpu_cache_clear() frees the idle blocks
 //     (mesrgan.ops.cpu_cache_info() / empty_cpu_cache() in Python).
 #include <ATen/ATen.h>
@@ -20,9 +21,9 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <mutex>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #ifdef __linux__
@@ -82,13 +83,15 @@ class Cache {
   Block* take(size_t bytes) {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      auto it = idle_.find(bytes);
-      if (it != idle_.end() && !it->second.empty()) {
-        Block* b = it->second.back();
-        it->second.pop_back();
-        idle_bytes_ -= bytes;
-        ++hits_;
-        return b;
+      // The most recently returned block of this size (a few hundred idle blocks at most).
+      for (auto it = idle_.rbegin(); it != idle_.rend(); ++it) {
+        if ((*it)->bytes == bytes) {
+          Block* b = *it;
+          idle_.erase(std::next(it).base());
+          idle_bytes_ -= bytes;
+          ++hits_;
+          return b;
+        }
       }
       ++misses_;
     }
@@ -102,25 +105,32 @@ class Cache {
     return new Block{p, bytes};
   }
 
+  // Keeps the block; over the limit, the oldest idle blocks go back to the system first, so the
+  // cache follows a workload whose sizes change instead of filling up with sizes of the past.
   void give_back(Block* b) {
+    std::vector<Block*> evicted;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (idle_bytes_ + b->bytes <= limit_) {
-        idle_[b->bytes].push_back(b);
-        idle_bytes_ += b->bytes;
-        return;
+      idle_.push_back(b);
+      idle_bytes_ += b->bytes;
+      size_t n = 0;
+      while (idle_bytes_ > limit_) {
+        idle_bytes_ -= idle_[n]->bytes;
+        evicted.push_back(idle_[n++]);
       }
+      idle_.erase(idle_.begin(), idle_.begin() + static_cast<std::ptrdiff_t>(n));
     }
-    std::free(b->ptr);
-    delete b;
+    for (Block* e : evicted) {
+      std::free(e->ptr);
+      delete e;
+    }
   }
 
   void clear() {
     std::vector<Block*> all;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      for (auto& kv : idle_) all.insert(all.end(), kv.second.begin(), kv.second.end());
-      idle_.clear();
+      all.swap(idle_);
       idle_bytes_ = 0;
     }
     for (Block* b : all) {
@@ -133,14 +143,13 @@ class Cache {
 
   std::vector<int64_t> info() {
     std::lock_guard<std::mutex> lock(mu_);
-    int64_t blocks = 0;
-    for (auto& kv : idle_) blocks += static_cast<int64_t>(kv.second.size());
-    return {static_cast<int64_t>(idle_bytes_), blocks, hits_, misses_, static_cast<int64_t>(limit_)};
+    return {static_cast<int64_t>(idle_bytes_), static_cast<int64_t>(idle_.size()), hits_, misses_,
+            static_cast<int64_t>(limit_)};
   }
 
  private:
   std::mutex mu_;
-  std::unordered_map<size_t, std::vector<Block*>> idle_;  // rounded size -> idle blocks
+  std::vector<Block*> idle_;  // oldest first
   size_t idle_bytes_ = 0;
   size_t limit_ = 0;
   int64_t hits_ = 0, misses_ = 0;
