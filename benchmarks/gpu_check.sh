@@ -104,7 +104,11 @@ $PY -c 'import torch; print(\"torch\", torch.__version__, \"cuda\", torch.versio
 
 step build 240 "TORCH_CUDA_ARCH_LIST='$ARCH' MAX_JOBS=$JOBS MESRGAN_CUDA=1 MESRGAN_PTXAS_VERBOSE=1 \
 $PY -m pip install --no-build-isolation --no-deps -v -e . && \
-$PY -c 'import mesrgan; assert mesrgan._ext.WITH_CUDA, \"built without CUDA\"; print(\"mesrgan loaded from\", mesrgan._ext.LIBRARY_PATH)'"
+$PY -c 'import mesrgan; assert mesrgan._ext.WITH_CUDA, \"built without CUDA\"; print(\"mesrgan loaded from\", mesrgan._ext.LIBRARY_PATH)' && \
+echo '== the C++ and OpenMP runtimes must be shared libraries (one copy each in the process):' && \
+ldd mesrgan/_C*.so | grep -E 'libstdc|libgomp' && \
+$PY -c 'import torch, mesrgan; assert torch.ops.mesrgan._cpu_parallel(), \"CPU kernels built without OpenMP\"; \
+gomp = {l.split()[-1] for l in open(\"/proc/self/maps\") if \"gomp\" in l}; print(\"libgomp in the process:\", gomp); assert len(gomp) == 1'"
 
 # Nothing below can run without the extension: a failed build ends the check (device time is scarce).
 if ! grep -qE "^build +rc=(0|skip) " "$SUMMARY"; then
