@@ -23,6 +23,7 @@
 #include <cstring>
 #include <iterator>
 #include <mutex>
+#include <new>
 #include <string>
 #include <vector>
 
