@@ -135,6 +135,22 @@ def test_backward_computes_only_what_is_needed(need):
             assert t.grad is None
 
 
+@pytest.mark.parametrize("need, convs, reductions", [((True, False, False), 1, 0), ((False, True, False), 0, 1),
+                                                     ((False, False, True), 0, 0), ((True, True, True), 1, 1)])
+def test_backward_runs_only_the_kernels_it_needs(need, convs, reductions):
+    """grad_input costs one conv, grad_weight (with grad_bias) one reduction, grad_bias alone a sum:
+    counted in the profiler over the backward alone."""
+    x, w, b = make((2, 4, 6, 5))
+    x, w, b = (t.detach().requires_grad_(n) for t, n in zip((x, w, b), need))
+    y = depthwise_conv3x3(x, w, b, activation="relu")
+    with torch.profiler.profile() as prof:
+        y.backward(torch.randn(x.shape, dtype=x.dtype))
+    calls = {e.key: e.count for e in prof.key_averages()}
+    assert calls.get("mesrgan::depthwise_conv3x3", 0) == convs
+    assert calls.get("mesrgan::depthwise_conv3x3_backward_weight", 0) == reductions
+    assert calls.get("mesrgan::depthwise_conv3x3_activation_backward", 0) == 1
+
+
 @pytest.mark.parametrize("kwargs", [{}, {"activation": "none"}, {"negative_slope": 0.2}, {"activation": "relu"}])
 def test_backward_with_default_arguments(kwargs):
     # bias=None and the defaults left out: the recorded call then has fewer arguments.
