@@ -132,9 +132,9 @@ static inline void prefetch_range(const T* p, int64_t n) {
 }
 
 // Software prefetch for a row-by-row stream: the W elements that lie 8 rows past `row` (in whole
-// rows: at least one, at most 8 KiB ahead). The hardware prefetchers of the dev VM left these streams waiting
-// on memory: with the hints, the NCHW forward and weight gradient of a (16, 128, 64, 64) tensor
-// took about 35% less time (8 rows ahead did better than 2 or 4 there).
+// rows: at least one, at most 8 KiB ahead). The hardware prefetchers of the dev VM left these
+// streams waiting on memory: with the hints, the NCHW forward and weight gradient of a
+// (16, 128, 64, 64) tensor took about 35% less time (8 rows ahead did better than 2 or 4 there).
 template <typename T>
 static inline void prefetch_ahead(const T* row, int64_t W) {
   const int64_t rows = std::max<int64_t>(1, std::min<int64_t>(8, 8192 / std::max<int64_t>(1, W * sizeof(T))));
