@@ -39,6 +39,7 @@ std::tuple<at::Tensor, at::Tensor> split_sums(const at::Tensor& sums, at::Scalar
 // An uninitialised CPU output shaped like `like` in the given layout; large ones come from
 // recycled memory (cpu/output_cache.cpp).
 at::Tensor empty_output_cpu(const at::Tensor& like, Layout layout);
+at::Tensor empty_output_cpu(at::IntArrayRef sizes, const at::TensorOptions& options, Layout layout);
 
 // Backend kernels. weight is (C, 1, 3, 3); bias is (C,) or undefined.
 at::Tensor depthwise_conv3x3_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,

@@ -192,16 +192,20 @@ void cpu_cache_clear() { cache().clear(); }
 
 }  // namespace
 
-at::Tensor empty_output_cpu(const at::Tensor& like, Layout layout) {
+at::Tensor empty_output_cpu(at::IntArrayRef sizes, const at::TensorOptions& options, Layout layout) {
   const auto fmt = layout == Layout::NHWC ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  const size_t nbytes = static_cast<size_t>(like.numel()) * like.element_size();
+  const size_t nbytes = static_cast<size_t>(c10::multiply_integers(sizes)) * options.dtype().itemsize();
   if (nbytes < kMinBytes || !cache().enabled()) {
-    at::Tensor t = at::empty(like.sizes(), like.options().memory_format(fmt));
+    at::Tensor t = at::empty(sizes, options.memory_format(fmt));
     if (nbytes >= 2 * kAlign) advise_huge(t.data_ptr(), nbytes);
     return t;
   }
-  return at::detail::empty_generic(like.sizes(), &allocator(), c10::DispatchKeySet(c10::DispatchKey::CPU),
-                                   like.scalar_type(), fmt);
+  return at::detail::empty_generic(sizes, &allocator(), c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                   c10::typeMetaToScalarType(options.dtype()), fmt);
+}
+
+at::Tensor empty_output_cpu(const at::Tensor& like, Layout layout) {
+  return empty_output_cpu(like.sizes(), like.options(), layout);
 }
 
 TORCH_LIBRARY_FRAGMENT(mesrgan, m) {

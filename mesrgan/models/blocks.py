@@ -5,7 +5,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..ops import DepthwiseConv3x3
+from ..ops import DepthwiseConv3x3, bottleneck_block, has_fused_kernel
+from ..ops.depthwise import IMPLS
 
 HIDDEN_WIDTHS = ("input", "output")
 SCALES = (2, 4)
@@ -46,12 +47,35 @@ def conv3x3(in_channels, out_channels):
     return nn.Conv2d(in_channels, out_channels, 3, padding=1)
 
 
+def inner_memory_format(x):
+    """The layout the generators compute in for input x: channels_last on CPU, where oneDNN's
+    convolutions and our fused block run fastest in it (and NCHW inputs would otherwise be reordered
+    by every oneDNN convolution); the input's own layout elsewhere (CUDA: as measured before)."""
+    if x.device.type == "cpu" and x.dim() == 4:
+        return torch.channels_last
+    return callers_memory_format(x)
+
+
+def callers_memory_format(x):
+    """The memory format to hand a result back in: x's own."""
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 class BottleneckResidualBlock(nn.Module):
     """MobileNetV2's inverted bottleneck standing in for one 3×3 convolution.
 
     ``(N, C_in, H, W) -> (N, C_out, H, W)``: 1×1 expand to ``hidden`` channels → LeakyReLU →
-    depthwise 3×3 with LeakyReLU fused (``mesrgan.ops.DepthwiseConv3x3``) → 1×1 project, linear.
-    The input is added back only when ``skip`` is set and ``C_in == C_out``.
+    depthwise 3×3 with LeakyReLU → 1×1 project, linear. The input is added back only when ``skip``
+    is set and ``C_in == C_out``.
+
+    With ``impl="auto"`` or ``"mesrgan"``, a CPU float32 / float64 input runs the whole block as one
+    fused op (``mesrgan.ops.bottleneck_block``: the hidden tensor is never stored at full size, and
+    the backward recomputes it); elsewhere (CUDA) the depthwise step uses our op
+    (``mesrgan.ops.DepthwiseConv3x3``) between PyTorch's 1×1 convolutions. ``impl="torch"`` is
+    PyTorch's own path throughout. Parameters and ``state_dict`` are the same for every impl.
+    The fused op has no double backward: use ``impl="torch"`` for ``create_graph=True``.
 
     Args:
         in_channels, out_channels: C_in, C_out.
@@ -59,7 +83,7 @@ class BottleneckResidualBlock(nn.Module):
             describes the block) or ``t * C_out`` (``hidden_width="output"``).
         skip: use the identity skip where the shapes allow it.
         negative_slope: of both LeakyReLUs.
-        impl: passed to ``DepthwiseConv3x3`` (``"auto"``, ``"mesrgan"`` or ``"torch"``).
+        impl: ``"auto"``, ``"mesrgan"`` or ``"torch"``, as above.
     """
 
     def __init__(self, in_channels, out_channels, expansion=2, hidden_width="input", skip=True,
@@ -70,8 +94,12 @@ class BottleneckResidualBlock(nn.Module):
         check_positive_int("expansion", expansion)
         if hidden_width not in HIDDEN_WIDTHS:
             raise ValueError(f"hidden_width must be one of {HIDDEN_WIDTHS}, got {hidden_width!r}")
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
         hidden = expansion * (in_channels if hidden_width == "input" else out_channels)
         self.use_skip = bool(skip) and in_channels == out_channels
+        self.impl = impl
+        self.negative_slope = float(negative_slope)
         self.expand = nn.Conv2d(in_channels, hidden, 1)
         self.act = nn.LeakyReLU(negative_slope, inplace=True)
         self.dw = DepthwiseConv3x3(hidden, activation="leaky_relu", negative_slope=negative_slope, impl=impl)
@@ -84,7 +112,15 @@ class BottleneckResidualBlock(nn.Module):
         scaled_kaiming_init_([self.expand, self.dw], 1.0)
         scaled_kaiming_init_([self.project], scale)
 
+    def uses_fused(self, x):
+        """Whether ``forward(x)`` runs the fused op."""
+        return self.impl != "torch" and has_fused_kernel(x) and not torch.jit.is_scripting()
+
     def forward(self, x):
+        if self.uses_fused(x):
+            return bottleneck_block(x, self.expand.weight, self.expand.bias, self.dw.weight, self.dw.bias,
+                                    self.project.weight, self.project.bias, skip=self.use_skip,
+                                    negative_slope=self.negative_slope)
         y = self.project(self.dw(self.act(self.expand(x))))
         return x + y if self.use_skip else y
 

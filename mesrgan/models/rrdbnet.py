@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .blocks import (HIDDEN_WIDTHS, BottleneckResidualBlock, DenseBlock, PixelShuffleUpsampler,
-                     check_positive_int, check_scale, conv3x3)
+                     callers_memory_format, check_positive_int, check_scale, conv3x3, inner_memory_format)
 
 
 def _check_common(in_channels, out_channels, features, num_blocks, growth):
@@ -92,12 +92,15 @@ class RRDBNet(nn.Module):
         self.conv_last = nn.Conv2d(features, out_channels, 3, padding=1)
 
     def forward(self, x):
-        feat = self.conv_first(x)
+        # Computed in the fastest layout for the device (blocks.inner_memory_format); the result
+        # comes back in x's memory format.
+        out_format = callers_memory_format(x)
+        feat = self.conv_first(x.contiguous(memory_format=inner_memory_format(x)))
         feat = feat + self.conv_body(self.body(feat))
         for k in range(1, int(math.log2(self.scale)) + 1):
             up = F.interpolate(feat, scale_factor=2, mode="nearest")
             feat = F.leaky_relu(getattr(self, f"conv_up{k}")(up), 0.2)
-        return self.conv_last(F.leaky_relu(self.conv_hr(feat), 0.2))
+        return self.conv_last(F.leaky_relu(self.conv_hr(feat), 0.2)).contiguous(memory_format=out_format)
 
 
 class MESRGAN(RRDBNet):
@@ -157,9 +160,11 @@ class PaperESRGAN(nn.Module):
         self.conv_tail = nn.Conv2d(features, out_channels, 9, padding=4)
 
     def forward(self, x):
-        head = self.prelu_head(self.conv_head(x))
+        # As RRDBNet.forward: the fastest layout inside, x's memory format out.
+        out_format = callers_memory_format(x)
+        head = self.prelu_head(self.conv_head(x.contiguous(memory_format=inner_memory_format(x))))
         feat = head + self.conv_body(self.body(head))
-        return self.conv_tail(self.upsample(feat))
+        return self.conv_tail(self.upsample(feat)).contiguous(memory_format=out_format)
 
 
 class PaperMESRGAN(PaperESRGAN):

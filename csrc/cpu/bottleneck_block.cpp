@@ -1,0 +1,445 @@
+// CPU backend of the fused bottleneck block, channels-last inside.
+//
+// The work is cut into chunks of rows of one image. A chunk walks down its rows a band of R rows at a
+// time and keeps a window of hidden rows (the band plus its halo) in L2-sized scratch:
+//   forward : h1 = LeakyReLU(x W1^T + b1) for the band's rows and one halo row above and below,
+//             h2 = LeakyReLU(depthwise(h1) + bd), y = h2 W2^T + b2 (+ x).
+// Moving to the next band keeps the halo rows already computed (a ring, in effect), so within a
+// chunk every hidden row is computed once; only chunk edges compute their halo twice. The hidden
+// tensor never exists at full size.
+//   backward: recomputes h1 (two halo rows each side) and h2 (one) the same way, then
+//             g2 = (dy W2) * act'(h2), g1 = depthwise^T(g2) * act'(h1), dx = g1 W1 (+ dy),
+//             and accumulates dW2 += dy^T h2, dW1 += g1^T x, the depthwise and bias gradients.
+// The 1x1 convolutions are GEMMs on the band, done by ATen's BLAS (MKL / OpenBLAS: register-blocked
+// micro-kernels for every ISA, about 100 GMAC/s per core here at these sizes); the depthwise and the
+// epilogues are our tile kernels (bottleneck_tiles.h), compiled per ISA and picked at run time.
+// Weight gradients go to a few partial sums (one per group of chunks) whose number depends on the
+// shape only, summed in a fixed order: the backward is deterministic whatever the thread count.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "bottleneck_block.h"
+#include "cpu/bottleneck_tiles_decl.h"
+#include "depthwise_conv3x3.h"
+
+namespace mesrgan {
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Tile kernels of the CPU's instruction set.
+
+template <typename T>
+struct TileFns {
+  void (*dw_forward)(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, T);
+  void (*dw_backward_input)(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, T);
+  void (*dw_backward_weight)(const T*, const T*, T*, T*, int64_t, int64_t, int64_t);
+  void (*bias_leaky)(T*, const T*, int64_t, int64_t, T);
+  void (*add_bias_skip)(T*, const T*, const T*, int64_t, int64_t);
+  void (*leaky_mask)(T*, const T*, int64_t, T);
+  void (*column_sum)(const T*, int64_t, int64_t, T*);
+};
+
+#define MESRGAN_TILE_FNS(NS)                                                                               \
+  TileFns<T> {                                                                                             \
+    &cpu::NS::tiles::dw_forward<T>, &cpu::NS::tiles::dw_backward_input<T>,                                 \
+        &cpu::NS::tiles::dw_backward_weight<T>, &cpu::NS::tiles::bias_leaky<T>,                            \
+        &cpu::NS::tiles::add_bias_skip<T>, &cpu::NS::tiles::leaky_mask<T>, &cpu::NS::tiles::column_sum<T> \
+  }
+
+// "avx512", "avx2" or "base": the best the CPU has, or MESRGAN_CPU_ISA's choice (for testing).
+std::string tile_isa() {
+#ifdef MESRGAN_HAVE_AVX_TILES
+  static const std::string isa = [] {
+    const char* env = std::getenv("MESRGAN_CPU_ISA");
+    const std::string want = env ? env : "";
+    __builtin_cpu_init();
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
+    if (want == "base") return std::string("base");
+    if (want == "avx2") return std::string(avx2 ? "avx2" : "base");
+    return std::string(avx512 ? "avx512" : avx2 ? "avx2" : "base");
+  }();
+  return isa;
+#else
+  return "base";
+#endif
+}
+
+template <typename T>
+TileFns<T> tile_fns() {
+#ifdef MESRGAN_HAVE_AVX_TILES
+  const std::string isa = tile_isa();
+  if (isa == "avx512") return MESRGAN_TILE_FNS(avx512);
+  if (isa == "avx2") return MESRGAN_TILE_FNS(avx2);
+#endif
+  return MESRGAN_TILE_FNS(base);
+}
+#undef MESRGAN_TILE_FNS
+
+// ---------------------------------------------------------------------------------------------
+// Shapes, tiling and scratch.
+
+struct Dims {
+  int64_t N, H, W, c_in, hidden, c_out;
+  int64_t row_h() const { return W * hidden; }  // elements of one hidden row
+};
+
+// Rows per band: about `pixels` pixels, so that a band's GEMMs are large enough to run at full speed
+// while its hidden rows stay in L2.
+int64_t band_rows(const Dims& d, int64_t pixels) { return std::max<int64_t>(1, std::min(d.H, pixels / d.W)); }
+
+// Per-thread scratch that outlives the call: a fresh allocation of this size per call would be
+// served by mmap and cost a page fault per page.
+template <typename T>
+T* scratch(size_t elements) {
+  thread_local std::vector<char> buffer;
+  const size_t bytes = elements * sizeof(T) + 64;
+  if (buffer.size() < bytes) buffer.resize(bytes);
+  const uintptr_t p = reinterpret_cast<uintptr_t>(buffer.data());
+  return reinterpret_cast<T*>((p + 63) & ~uintptr_t(63));
+}
+
+// A row-major (rows x cols) matrix view of raw memory with leading dimension ld.
+template <typename T>
+at::Tensor mat(const T* p, int64_t rows, int64_t cols, int64_t ld) {
+  return at::from_blob(const_cast<T*>(p), {rows, cols}, {ld, 1},
+                       at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+}
+
+template <typename T>
+struct Block {
+  Dims d;
+  const T* x;      // (N, H, W, c_in)
+  const T* w1;     // (hidden, c_in)
+  const T* b1;     // (hidden) or null
+  const T* wt;     // depthwise weight, tap-major (9, hidden)
+  const T* wt_rot; // the same rotated 180° (backward only)
+  const T* bd;     // (hidden) or null
+  const T* w2;     // (c_out, hidden)
+  const T* b2;     // (c_out) or null
+  bool skip;
+  T slope;
+  TileFns<T> fn;
+
+  const T* x_row(int64_t n, int64_t r) const { return x + (n * d.H + r) * d.W * d.c_in; }
+
+  // h1 for image rows [lo, hi) of image n into dst (consecutive rows); rows outside the image are
+  // the depthwise's zero padding.
+  void expand_rows(int64_t n, int64_t lo, int64_t hi, T* dst) const {
+    const int64_t row = d.row_h();
+    const int64_t a = std::max<int64_t>(lo, 0), b = std::min(hi, d.H);
+    if (a > lo) std::memset(dst, 0, sizeof(T) * (a - lo) * row);
+    if (b < hi) std::memset(dst + (std::max(b, lo) - lo) * row, 0, sizeof(T) * (hi - std::max(b, lo)) * row);
+    if (b <= a) return;
+    const int64_t P = (b - a) * d.W;
+    T* out = dst + (a - lo) * row;
+    at::Tensor c = mat(out, P, d.hidden, d.hidden);
+    at::mm_out(c, mat(x_row(n, a), P, d.c_in, d.c_in), mat(w1, d.hidden, d.c_in, d.c_in).t());
+    fn.bias_leaky(out, b1, P, d.hidden, slope);
+  }
+
+  // h2 for image rows [lo, hi) into dst from h1, where h1 holds image rows from h1_base on; rows
+  // outside the image are zero.
+  void depthwise_rows(int64_t lo, int64_t hi, const T* h1, int64_t h1_base, T* dst) const {
+    const int64_t row = d.row_h();
+    for (int64_t r = lo; r < hi; ++r)
+      if (r < 0 || r >= d.H) std::memset(dst + (r - lo) * row, 0, sizeof(T) * row);
+    const int64_t a = std::max<int64_t>(lo, 0), b = std::min(hi, d.H);
+    if (b > a) fn.dw_forward(h1 + (a - 1 - h1_base) * row, wt, bd, dst + (a - lo) * row, b - a, d.W, d.hidden, slope);
+  }
+
+  // g2 = (dy W2) * act'(h2) for image rows [lo, hi) into dst; h2 holds the same rows. Zero outside.
+  void project_grad_rows(int64_t n, int64_t lo, int64_t hi, const T* dy, const T* h2, T* dst) const {
+    const int64_t row = d.row_h();
+    for (int64_t r = lo; r < hi; ++r)
+      if (r < 0 || r >= d.H) std::memset(dst + (r - lo) * row, 0, sizeof(T) * row);
+    const int64_t a = std::max<int64_t>(lo, 0), b = std::min(hi, d.H);
+    if (b <= a) return;
+    const int64_t P = (b - a) * d.W;
+    T* out = dst + (a - lo) * row;
+    at::Tensor c = mat(out, P, d.hidden, d.hidden);
+    at::mm_out(c, mat(dy + (n * d.H + a) * d.W * d.c_out, P, d.c_out, d.c_out), mat(w2, d.c_out, d.hidden, d.hidden));
+    fn.leaky_mask(out, h2 + (a - lo) * row, P * d.hidden, slope);
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Forward.
+
+template <typename T>
+void forward_chunk(const Block<T>& k, T* y, int64_t n, int64_t r0, int64_t r1, int64_t R, T* h1, T* h2) {
+  const Dims& d = k.d;
+  const int64_t row = d.row_h();
+  int64_t base = r0 - 1;  // image row held by h1's first row
+  for (int64_t a = r0; a < r1; a += R) {
+    const int64_t b = std::min(a + R, r1);
+    if (a == r0) {
+      k.expand_rows(n, a - 1, b + 1, h1);
+    } else {
+      // The window was [a - R - 1, a + 1): its last two rows are this band's top halo and first row.
+      std::memmove(h1, h1 + (a - 1 - base) * row, sizeof(T) * 2 * row);
+      base = a - 1;
+      k.expand_rows(n, a + 1, b + 1, h1 + 2 * row);
+    }
+    k.fn.dw_forward(h1 + (a - 1 - base) * row, k.wt, k.bd, h2, b - a, d.W, d.hidden, k.slope);
+    const int64_t P = (b - a) * d.W;
+    T* out = y + (n * d.H + a) * d.W * d.c_out;
+    at::Tensor c = mat(out, P, d.c_out, d.c_out);
+    at::mm_out(c, mat(h2, P, d.hidden, d.hidden), mat(k.w2, d.c_out, d.hidden, d.hidden).t());
+    k.fn.add_bias_skip(out, k.b2, k.skip ? k.x_row(n, a) : nullptr, P, d.c_out);
+  }
+}
+
+Dims dims_of(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2) {
+  return {x.size(0), x.size(2), x.size(3), x.size(1), w1.size(0), w2.size(0)};
+}
+
+const at::Tensor* opt(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined() ? &*t : nullptr; }
+
+template <typename T>
+const T* ptr_or_null(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+// The block's weights in the layouts the kernels read; `keep` holds the tensors behind the pointers.
+template <typename T>
+Block<T> make_block(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& wd,
+                    const at::Tensor& bd, const at::Tensor& w2, const at::Tensor& b2, bool skip, double slope,
+                    bool rotated, std::vector<at::Tensor>& keep) {
+  const Dims d = dims_of(x, w1, w2);
+  keep = {w1.reshape({d.hidden, d.c_in}).contiguous(), wd.reshape({d.hidden, 9}).t().contiguous(),
+          rotated ? wd.flip({2, 3}).reshape({d.hidden, 9}).t().contiguous() : at::Tensor(),
+          w2.reshape({d.c_out, d.hidden}).contiguous(),
+          b1.defined() ? b1.contiguous() : b1, bd.defined() ? bd.contiguous() : bd,
+          b2.defined() ? b2.contiguous() : b2};
+  return Block<T>{d, x.data_ptr<T>(), keep[0].data_ptr<T>(), ptr_or_null<T>(keep[4]), keep[1].data_ptr<T>(),
+                  ptr_or_null<T>(keep[2]), ptr_or_null<T>(keep[5]), keep[3].data_ptr<T>(), ptr_or_null<T>(keep[6]),
+                  skip, static_cast<T>(slope), tile_fns<T>()};
+}
+
+at::Tensor channels_last(const at::Tensor& t) { return t.contiguous(at::MemoryFormat::ChannelsLast); }
+
+// The result in the memory format the caller's x has (the kernels work channels-last).
+at::Tensor in_callers_format(const at::Tensor& t, const at::Tensor& like) {
+  return prefers_channels_last(like) ? t : t.contiguous();
+}
+
+at::Tensor defined_or_empty(const c10::optional<at::Tensor>& t) { return opt(t) ? *t : at::Tensor(); }
+
+}  // namespace
+
+at::Tensor bottleneck_block_cpu(const at::Tensor& x_in, const at::Tensor& expand_weight,
+                                const c10::optional<at::Tensor>& expand_bias, const at::Tensor& dw_weight,
+                                const c10::optional<at::Tensor>& dw_bias, const at::Tensor& project_weight,
+                                const c10::optional<at::Tensor>& project_bias, bool skip, double negative_slope) {
+  check_bottleneck_args(x_in, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, skip,
+                        negative_slope);
+  const at::Tensor x = channels_last(x_in);
+  const Dims d = dims_of(x, expand_weight, project_weight);
+  at::Tensor y = empty_output_cpu({d.N, d.c_out, d.H, d.W}, x.options(), Layout::NHWC);
+  if (y.numel() == 0) return in_callers_format(y, x_in);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bottleneck_block_cpu", [&] {
+    std::vector<at::Tensor> keep;
+    const Block<scalar_t> k =
+        make_block<scalar_t>(x, expand_weight, defined_or_empty(expand_bias), dw_weight, defined_or_empty(dw_bias),
+                             project_weight, defined_or_empty(project_bias), skip, negative_slope, false, keep);
+    const int64_t R = band_rows(d, 256);
+    // Enough chunks for every thread; chunks of at least two bands, so that halo rows stay few.
+    const int64_t threads = at::get_num_threads();
+    const int64_t per_image =
+        std::max<int64_t>(1, std::min((2 * threads + d.N - 1) / d.N, d.H / (2 * R)));
+    scalar_t* yp = y.data_ptr<scalar_t>();
+    at::parallel_for(0, d.N * per_image, 1, [&](int64_t begin, int64_t end) {
+      scalar_t* h1 = scratch<scalar_t>((2 * R + 2) * d.row_h());
+      scalar_t* h2 = h1 + (R + 2) * d.row_h();
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t n = t / per_image, j = t % per_image;
+        forward_chunk(k, yp, n, d.H * j / per_image, d.H * (j + 1) / per_image, R, h1, h2);
+      }
+    });
+  });
+  return in_callers_format(y, x_in);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward.
+
+namespace {
+
+// Offsets of one chunk's partial gradient sums in its row of the partial-sum matrix.
+struct GradLayout {
+  int64_t w1, b1, wd, bd, w2, b2, size;
+  explicit GradLayout(const Dims& d) {
+    w1 = 0;
+    b1 = w1 + d.hidden * d.c_in;
+    wd = b1 + d.hidden;
+    bd = wd + 9 * d.hidden;
+    w2 = bd + d.hidden;
+    b2 = w2 + d.c_out * d.hidden;
+    size = b2 + d.c_out;
+  }
+};
+
+struct Needs {
+  bool x, w1, b1, wd, bd, w2, b2;
+  bool lower() const { return x || w1 || b1 || wd || bd; }  // anything below the projection
+};
+
+template <typename T>
+void backward_chunk(const Block<T>& k, const Needs& need, const GradLayout& gl, const T* dy, T* dx, T* part,
+                    int64_t n, int64_t r0, int64_t r1, int64_t R, T* h1, T* h2, T* g2, T* g1) {
+  const Dims& d = k.d;
+  const int64_t row = d.row_h();
+  int64_t base1 = r0 - 2, base2 = r0 - 1;  // image rows held by the first rows of h1 and of h2 / g2
+  for (int64_t a = r0; a < r1; a += R) {
+    const int64_t b = std::min(a + R, r1);
+    if (a == r0) {
+      k.expand_rows(n, a - 2, b + 2, h1);
+      k.depthwise_rows(a - 1, b + 1, h1, base1, h2);
+      if (need.lower()) k.project_grad_rows(n, a - 1, b + 1, dy, h2, g2);
+    } else {
+      // Keep the rows the previous band already computed: h1 [a - 2, a + 2), h2 and g2 [a - 1, a + 1).
+      std::memmove(h1, h1 + (a - 2 - base1) * row, sizeof(T) * 4 * row);
+      std::memmove(h2, h2 + (a - 1 - base2) * row, sizeof(T) * 2 * row);
+      if (need.lower()) std::memmove(g2, g2 + (a - 1 - base2) * row, sizeof(T) * 2 * row);
+      base1 = a - 2;
+      base2 = a - 1;
+      k.expand_rows(n, a + 2, b + 2, h1 + 4 * row);
+      k.depthwise_rows(a + 1, b + 1, h1, base1, h2 + 2 * row);
+      if (need.lower()) k.project_grad_rows(n, a + 1, b + 1, dy, h2 + 2 * row, g2 + 2 * row);
+    }
+    // The band's own rows [a, b).
+    const int64_t P = (b - a) * d.W;
+    const T* dy_band = dy + (n * d.H + a) * d.W * d.c_out;
+    const T* h2_band = h2 + (a - base2) * row;
+    if (need.w2) {
+      at::Tensor gw2 = mat(part + gl.w2, d.c_out, d.hidden, d.hidden);
+      gw2.addmm_(mat(dy_band, P, d.c_out, d.c_out).t(), mat(h2_band, P, d.hidden, d.hidden));
+    }
+    if (need.b2) k.fn.column_sum(dy_band, P, d.c_out, part + gl.b2);
+    if (need.wd || need.bd)
+      k.fn.dw_backward_weight(h1 + (a - 1 - base1) * row, g2 + (a - base2) * row, part + gl.wd, part + gl.bd, b - a,
+                              d.W, d.hidden);
+    if (!(need.x || need.w1 || need.b1)) continue;
+    k.fn.dw_backward_input(g2 + (a - 1 - base2) * row, k.wt_rot, h1 + (a - base1) * row, g1, b - a, d.W, d.hidden,
+                           k.slope);
+    if (need.b1) k.fn.column_sum(g1, P, d.hidden, part + gl.b1);
+    if (need.w1) {
+      at::Tensor gw1 = mat(part + gl.w1, d.hidden, d.c_in, d.c_in);
+      gw1.addmm_(mat(g1, P, d.hidden, d.hidden).t(), mat(k.x_row(n, a), P, d.c_in, d.c_in));
+    }
+    if (need.x) {
+      T* dx_band = dx + (n * d.H + a) * d.W * d.c_in;
+      at::Tensor c = mat(dx_band, P, d.c_in, d.c_in);
+      at::mm_out(c, mat(g1, P, d.hidden, d.hidden), mat(k.w1, d.hidden, d.c_in, d.c_in));
+      if (k.skip) k.fn.add_bias_skip(dx_band, static_cast<const T*>(nullptr), dy_band, P, d.c_in);
+    }
+  }
+}
+
+// Sum of the chunks' partial sums (chunks, size) in chunk order, parallel over elements.
+template <typename T>
+at::Tensor sum_partials(const at::Tensor& part) {
+  const int64_t chunks = part.size(0), size = part.size(1);
+  at::Tensor total = at::empty({size}, part.options());
+  const T* p = part.data_ptr<T>();
+  T* out = total.data_ptr<T>();
+  at::parallel_for(0, size, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      T s = 0;
+      for (int64_t c = 0; c < chunks; ++c) s += p[c * size + i];
+      out[i] = s;
+    }
+  });
+  return total;
+}
+
+}  // namespace
+
+BottleneckGrads bottleneck_block_backward_cpu(const at::Tensor& grad_out_in, const at::Tensor& x_in,
+                                              const at::Tensor& expand_weight,
+                                              const c10::optional<at::Tensor>& expand_bias,
+                                              const at::Tensor& dw_weight, const c10::optional<at::Tensor>& dw_bias,
+                                              const at::Tensor& project_weight, bool skip, double negative_slope,
+                                              std::array<bool, 7> mask) {
+  check_bottleneck_args(x_in, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, c10::nullopt, skip,
+                        negative_slope);
+  const Dims d = dims_of(x_in, expand_weight, project_weight);
+  TORCH_CHECK_VALUE(grad_out_in.dim() == 4 && grad_out_in.size(0) == d.N && grad_out_in.size(1) == d.c_out &&
+                        grad_out_in.size(2) == d.H && grad_out_in.size(3) == d.W,
+                    "bottleneck_block_backward: grad_out must have shape (", d.N, ", ", d.c_out, ", ", d.H, ", ", d.W,
+                    "), got ", grad_out_in.sizes());
+  TORCH_CHECK_TYPE(grad_out_in.scalar_type() == x_in.scalar_type() && grad_out_in.device() == x_in.device(),
+                   "bottleneck_block_backward: grad_out must match x's dtype and device (", x_in.scalar_type(), ", ",
+                   x_in.device(), "), got ", grad_out_in.scalar_type(), ", ", grad_out_in.device());
+  const Needs need{mask[0], mask[1], mask[2] && opt(expand_bias), mask[3], mask[4] && opt(dw_bias), mask[5], mask[6]};
+  const at::Tensor x = channels_last(x_in), dy = channels_last(grad_out_in);
+  const GradLayout gl(d);
+  // Chunks per image from the shape alone (not the thread count), so the sums' order is fixed.
+  const bool empty = x.numel() == 0;
+  const int64_t R = empty ? 1 : band_rows(d, 128);
+  const int64_t per_image = empty ? 1 : std::max<int64_t>(1, std::min<int64_t>((4 + d.N - 1) / d.N, d.H / (4 * R)));
+  const int64_t chunks = d.N * per_image;
+  // Chunks are dealt to a fixed number of groups, each with one partial sum; few groups keep the
+  // partial sums small (each is the size of all the weights).
+  const int64_t groups = std::max<int64_t>(1, std::min<int64_t>(chunks, 8));
+  at::Tensor dx = need.x ? at::empty({d.N, d.c_in, d.H, d.W}, x.options().memory_format(at::MemoryFormat::ChannelsLast))
+                         : at::Tensor();
+  at::Tensor part = at::zeros({groups, gl.size}, x.options());
+  if (!empty && (need.lower() || need.w2 || need.b2)) {
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bottleneck_block_backward_cpu", [&] {
+      std::vector<at::Tensor> keep;
+      const Block<scalar_t> k =
+          make_block<scalar_t>(x, expand_weight, defined_or_empty(expand_bias), dw_weight, defined_or_empty(dw_bias),
+                               project_weight, at::Tensor(), skip, negative_slope, true, keep);
+      const scalar_t* dyp = dy.data_ptr<scalar_t>();
+      scalar_t* dxp = need.x ? dx.data_ptr<scalar_t>() : nullptr;
+      scalar_t* pp = part.data_ptr<scalar_t>();
+      at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+        const int64_t row = d.row_h();
+        scalar_t* h1 = scratch<scalar_t>((4 * R + 8) * row);
+        scalar_t* h2 = h1 + (R + 4) * row;
+        scalar_t* g2 = h2 + (R + 2) * row;
+        scalar_t* g1 = g2 + (R + 2) * row;
+        for (int64_t g = begin; g < end; ++g) {
+          for (int64_t t = chunks * g / groups; t < chunks * (g + 1) / groups; ++t) {
+            const int64_t n = t / per_image, j = t % per_image;
+            backward_chunk(k, need, gl, dyp, dxp, pp + g * gl.size, n, d.H * j / per_image,
+                           d.H * (j + 1) / per_image, R, h1, h2, g2, g1);
+          }
+        }
+      });
+    });
+  } else if (need.x) {
+    dx.zero_();
+  }
+  const at::Tensor total = AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bottleneck_sum_partials",
+                                                      [&] { return sum_partials<scalar_t>(part); });
+  auto piece = [&](bool needed, int64_t offset, int64_t size) {
+    return needed ? total.narrow(0, offset, size).clone() : at::empty({0}, x.options());
+  };
+  at::Tensor gw1 = need.w1 ? piece(true, gl.w1, d.hidden * d.c_in).view({d.hidden, d.c_in, 1, 1}) : piece(false, 0, 0);
+  at::Tensor gwd = need.wd ? total.narrow(0, gl.wd, 9 * d.hidden).view({9, d.hidden}).t().contiguous().view(
+                                 {d.hidden, 1, 3, 3})
+                           : piece(false, 0, 0);
+  at::Tensor gw2 =
+      need.w2 ? piece(true, gl.w2, d.c_out * d.hidden).view({d.c_out, d.hidden, 1, 1}) : piece(false, 0, 0);
+  return {need.x ? in_callers_format(dx, x_in) : at::empty({0}, x.options()), gw1, piece(need.b1, gl.b1, d.hidden),
+          gwd, piece(need.bd, gl.bd, d.hidden), gw2, piece(need.b2, gl.b2, d.c_out)};
+}
+
+TORCH_LIBRARY_IMPL(mesrgan, CPU, m) {
+  m.impl("bottleneck_block", &bottleneck_block_cpu);
+  m.impl("bottleneck_block_backward", &bottleneck_block_backward_cpu);
+}
+
+static std::string cpu_tile_isa() { return tile_isa(); }
+TORCH_LIBRARY_FRAGMENT(mesrgan, m) { m.def("_cpu_tile_isa() -> str", &cpu_tile_isa); }
+
+}  // namespace mesrgan

@@ -1,0 +1,112 @@
+"""Python face of ``torch.ops.mesrgan.bottleneck_block``: the fused MobileNetV2 bottleneck block.
+
+One call computes ``1x1 expand + bias -> LeakyReLU -> depthwise 3x3 + bias -> LeakyReLU ->
+1x1 project + bias (+ x)``. The CPU kernel (csrc/cpu/bottleneck_block.cpp) works in bands of rows
+with their halo, so the hidden tensor (``hidden`` channels at full resolution) never goes to memory
+at full size; its backward recomputes the hidden activations band by band instead of storing them.
+Autograd is registered in C++ (csrc/autograd_bottleneck.cpp). Double backward is refused with an
+error (the unfused path, ``bottleneck_block_reference``, supports it).
+"""
+import torch
+import torch.nn.functional as F
+
+from .depthwise import _prefers_channels_last
+
+_op = torch.ops.mesrgan.bottleneck_block.default
+PARAM_NAMES = ("expand_weight", "expand_bias", "dw_weight", "dw_bias", "project_weight", "project_bias")
+
+
+def _check_slope(negative_slope):
+    if not isinstance(negative_slope, (int, float)) or isinstance(negative_slope, bool):
+        raise TypeError(f"negative_slope must be a float, got {type(negative_slope).__name__}")
+    if negative_slope < 0:
+        raise ValueError(f"negative_slope must be >= 0, got {negative_slope}")
+
+
+def bottleneck_block_reference(x, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
+                               *, skip=False, negative_slope=0.2):
+    """PyTorch's own path: three ``F.conv2d`` calls and two LeakyReLUs, each tensor at full size.
+
+    The one reference of the fused op, used by the tests and by ``BottleneckResidualBlock``'s
+    unfused paths.
+    """
+    h = F.leaky_relu(F.conv2d(x, expand_weight, expand_bias), negative_slope)
+    h = F.leaky_relu(F.conv2d(h, dw_weight, dw_bias, padding=1, groups=h.shape[1]), negative_slope)
+    y = F.conv2d(h, project_weight, project_bias)
+    return x + y if skip else y
+
+
+def bottleneck_block(x, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, *,
+                     skip=False, negative_slope=0.2):
+    """The fused bottleneck block.
+
+    Args:
+        x: ``(N, C_in, H, W)``, float32 or float64 on CPU. channels_last is the kernel's layout;
+            other layouts are copied to it, and the output comes back in x's memory format.
+        expand_weight: ``(hidden, C_in, 1, 1)``; expand_bias: ``(hidden,)`` or None.
+        dw_weight: ``(hidden, 1, 3, 3)``; dw_bias: ``(hidden,)`` or None.
+        project_weight: ``(C_out, hidden, 1, 1)``; project_bias: ``(C_out,)`` or None.
+        skip: add x to the output (needs ``C_in == C_out``).
+        negative_slope: of both LeakyReLUs (>= 0).
+
+    Returns:
+        ``(N, C_out, H, W)``, equal to :func:`bottleneck_block_reference` of the same arguments.
+    """
+    for name, t in (("x", x), ("expand_weight", expand_weight), ("dw_weight", dw_weight),
+                    ("project_weight", project_weight)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    for name, t in (("expand_bias", expand_bias), ("dw_bias", dw_bias), ("project_bias", project_bias)):
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
+    # Checked here as well as in C++: with a meta tensor among the arguments the dispatcher would
+    # pick the meta (fake) kernel and return an empty result instead of reaching the device check.
+    _check_devices(x, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias)
+    if not isinstance(skip, bool):
+        raise TypeError(f"skip must be a bool, got {type(skip).__name__}")
+    _check_slope(negative_slope)
+    return _op(x, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, skip,
+               float(negative_slope))
+
+
+def _check_devices(x, *params):
+    for name, t in zip(PARAM_NAMES, params):
+        if t is not None and t.device != x.device:
+            raise RuntimeError(f"bottleneck_block: {name} must be on x's device ({x.device}), got {t.device}")
+
+
+def has_fused_kernel(x):
+    """Whether the fused op has a kernel for x's device and dtype (CPU, float32 / float64)."""
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+
+
+def _out_format(x):
+    return torch.channels_last if _prefers_channels_last(x) else torch.contiguous_format
+
+
+@torch.library.register_fake("mesrgan::bottleneck_block")
+def _fake_forward(x, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, skip=False,
+                  negative_slope=0.2):
+    torch._check(x.dim() == 4, lambda: f"bottleneck_block: x must be 4-D (N, C_in, H, W), got {tuple(x.shape)}")
+    torch._check(project_weight.dim() == 4, lambda: "bottleneck_block: project_weight must be 4-D")
+    for name, t in zip(PARAM_NAMES, (expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias)):
+        torch._check(t is None or t.device == x.device,
+                     lambda: f"bottleneck_block: {name} must be on x's device ({x.device}), got {t.device}")
+    N, _, H, W = x.shape
+    return x.new_empty((N, project_weight.shape[0], H, W)).contiguous(memory_format=_out_format(x))
+
+
+@torch.library.register_fake("mesrgan::bottleneck_block_backward")
+def _fake_backward(grad_out, x, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, skip,
+                   negative_slope, output_mask):
+    def grad_like(t, needed):
+        return t.new_empty(t.shape) if needed and t is not None else x.new_empty((0,))
+
+    gx = torch.empty_like(x, memory_format=_out_format(x)) if output_mask[0] else x.new_empty((0,))
+    c_out = project_weight.shape[0]
+    return (gx, grad_like(expand_weight, output_mask[1]),
+            grad_like(expand_bias, output_mask[2] and expand_bias is not None),
+            grad_like(dw_weight, output_mask[3]),
+            grad_like(dw_bias, output_mask[4] and dw_bias is not None),
+            grad_like(project_weight, output_mask[5]),
+            x.new_empty((c_out,) if output_mask[6] else (0,)))
