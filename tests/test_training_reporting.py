@@ -53,12 +53,12 @@ def test_live_bar_on_a_terminal_shows_iteration_rate_eta_and_losses(clock):
     con.start_stage("gan", 0, 50)
     for it in range(1, 6):
         clock.t += 0.5
-        con.step(it, {"l_pix": 0.5, "l_d": 1.5})
+        con.step(it, {"l_pix": 0.5, "l_d": 1.5, "d_real": 0.25})
     con.info("[gan] 5 validation: PSNR-Y 20.00 dB")  # above the bar, not through it
     con.end_stage()
     text = out.getvalue()
     assert "[gan]" in text and "5/50" in text and "it/s" in text and "l_pix 0.5 l_d 1.5" in text
-    assert "<" in text  # tqdm's elapsed<remaining
+    assert "d_real" not in text and "<" in text  # tqdm's elapsed<remaining
     assert "[gan] 5 validation: PSNR-Y 20.00 dB\n" in text
     con.info("after the bar")
     assert out.getvalue().endswith("after the bar\n")

@@ -57,6 +57,7 @@ class Trainer:
         self.log = self.console.info
         self.folder = RunFolder(cfg["out"])
         self.argv = list(argv) if argv is not None else None
+        self._announce_folder()  # first: building the data can take a while on a large folder
         self._setup_device()
         torch.manual_seed(cfg["seed"])
         np.random.seed(cfg["seed"] % 2**32)
@@ -228,7 +229,7 @@ class Trainer:
             self._start_fresh()
         self._write_config()
         self._open_tensorboard()
-        self._announce()
+        self._warn_if_vgg_missing()
         try:
             with self.stops:
                 return self._run_stages()
@@ -249,14 +250,16 @@ class Trainer:
                 purge = TensorBoardLog.global_step(self.cfg["psnr_iters"], *self.saved) + 1
             self.tb = TensorBoardLog(self.folder.file("tb"), self.cfg["psnr_iters"], purge_step=purge)
 
-    def _announce(self):
-        """Where the run writes, and what stage 2 still lacks."""
+    def _announce_folder(self):
         cfg = self.cfg
         self.log(f"run folder {self.folder.path}: last.pt (every {cfg['save_every']} iterations, at the end "
                  f"of each stage and on Ctrl-C), best.pt, stage1.pt, metrics.jsonl (every {cfg['log_every']} "
-                 f"iterations), samples/, config.toml" + (", tb/" if self.tb is not None and self.tb.enabled else ""))
+                 f"iterations), samples/, config.toml" + (", tb/ (if TensorBoard is installed)"
+                                                          if cfg["tensorboard"] else ""))
+
+    def _warn_if_vgg_missing(self):
         if self.state["stage"] == "psnr" and "gan" in self.stages and self._vgg_missing():
-            self.log(f"warning: stage 2 needs VGG19 weights for its perceptual loss, and {missing_vgg_text(cfg)}. "
+            self.log(f"warning: stage 2 needs VGG19 weights for its perceptual loss, and {missing_vgg_text(self.cfg)}. "
                      f"Stage 1 runs now; if the weights are still missing when it ends, the run saves and "
                      f"exits with status {EXIT_NEEDS_VGG}, to be continued with --resume --vgg-weights PATH.")
 

@@ -59,8 +59,9 @@ class Console:
         self._t_line = -math.inf
         if self.enabled and self.tty:
             from tqdm import tqdm
+            size = _fixed_size(self.stream)  # {}: follow the terminal as it is resized
             self._bar = tqdm(total=total, initial=done, desc=f"[{stage}]", unit="it", file=self.stream,
-                             dynamic_ncols=True, smoothing=0.1, mininterval=0.5)
+                             dynamic_ncols=not size, smoothing=0.1, mininterval=0.5, **size)
             self._t_bar = -math.inf
 
     def step(self, it: int, losses, force: bool = False) -> None:
@@ -72,7 +73,8 @@ class Console:
         if self._bar is not None:
             self._bar.update(it - self._bar.n)
             if force or now - self._t_bar >= 1.0:  # the losses refresh once a second at most
-                self._bar.set_postfix_str(_losses_text(_value(losses)), refresh=False)
+                shown = {k: v for k, v in _value(losses).items() if k.startswith("l_")}  # not D's raw outputs
+                self._bar.set_postfix_str(_losses_text(shown), refresh=False)
                 self._t_bar = now
             return
         first = it == self._done0 + 1
@@ -87,6 +89,18 @@ class Console:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+def _fixed_size(stream) -> dict:
+    """A fixed bar size where the terminal reports none (some pseudo-terminals say 0 x 0, and tqdm
+    then draws an empty bar); {} where it reports its size."""
+    try:
+        size = os.get_terminal_size(stream.fileno())
+        if size.columns > 0 and size.lines > 0:
+            return {}
+    except (AttributeError, OSError, ValueError):  # not a real file (tests) or not a terminal
+        pass
+    return {"ncols": 100, "nrows": 24}
 
 
 def _value(losses):
