@@ -269,16 +269,17 @@ class Trainer:
             if stage != self.state["stage"]:
                 self._begin_next_stage(stage)
             if stage == "gan" and self._vgg_missing():
-                return self._needs_vgg(save=done_here > 0)
+                return self._needs_vgg(trained=done_here > 0)
             stopped, done_here = self._run_stage(stage, done_here)
             if stopped:
                 return self._stopped()
         self.log(f"done: {self.folder.path}")
         return 0
 
-    def _needs_vgg(self, save: bool) -> int:
-        if save:
-            self.save_last()  # at stage 2, iteration 0: --resume starts it
+    def _needs_vgg(self, trained: bool) -> int:
+        """Stage 2 cannot start: save where it starts (so that --resume starts it) and say how to go on."""
+        if (trained or self.saved is not None) and self.saved != ("gan", 0):
+            self.save_last()
         resume = self.saved is not None
         hint = resume_command(self.argv, resume=resume) if self.argv is not None else (
             "the same command" + (" with --resume" if resume else "") + " and --vgg-weights PATH")
