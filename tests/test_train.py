@@ -231,6 +231,23 @@ def test_clear_errors(assets, tmp_path):
         T.main(tiny(assets, tmp_path / "fresh2", "--resume"))
     with pytest.raises(SystemExit, match="needs a CUDA device"):
         T.main(tiny(assets, tmp_path / "amp", "--device", "cpu", "--amp", "bf16"))
+    not_vgg = tmp_path / "not_vgg.pth"
+    torch.save({"something": torch.ones(2)}, not_vgg)
+    with pytest.raises(SystemExit, match=f"{not_vgg} is not torchvision's VGG19 ImageNet checkpoint"):
+        T.main(tiny(assets, tmp_path / "badvgg", "--vgg-weights", str(not_vgg)))  # at start: nothing trained
+    assert not (tmp_path / "badvgg" / "metrics.jsonl").exists()
+
+
+def test_a_missing_vgg_weights_file_is_named(assets, tmp_path, capsys):
+    missing = tmp_path / "typo.pth"
+    out = tmp_path / "o"
+    assert T.main(tiny(assets, out, "--vgg-weights", str(missing), "--psnr-iters", "1")) == EXIT_NEEDS_VGG
+    text = capsys.readouterr().out
+    assert text.count(f"the file given with --vgg-weights, {missing}, does not exist") == 2  # at start, at the end
+    assert torch.load(out / "last.pt", weights_only=True)["stage"] == "gan"
+    # stage 1 alone does not need them
+    assert T.main(tiny(assets, tmp_path / "p", "--stage", "psnr", "--psnr-iters", "1",
+                       "--vgg-weights", str(missing))) == 0
 
 
 def test_bundled_default_data(tmp_path):

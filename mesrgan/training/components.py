@@ -15,7 +15,7 @@ from .. import losses as L
 from ..data import CropDataset, bundled_images, find_images, load_image, prepare_validation
 
 __all__ = ["Networks", "pick_device", "build_networks", "build_train_set", "build_val_set",
-           "vgg_cache_file", "find_vgg_weights", "perceptual_needed", "build_perceptual"]
+           "vgg_cache_file", "find_vgg_weights", "missing_vgg_text", "perceptual_needed", "build_perceptual"]
 
 
 def pick_device(cfg: dict, local_rank: int | None) -> torch.device:
@@ -151,6 +151,6 @@ def build_perceptual(cfg: dict, path: str, device: torch.device):
     try:
         extractor = VGGFeatureExtractor(layer=cfg["perceptual_layer"], weights=path, pretrained=True)
     except Exception as e:  # noqa: BLE001 - turned into one clear message
-        raise SystemExit(f"error: --vgg-weights {path}: not torchvision's VGG19 ImageNet checkpoint "
-                         f"(vgg19-dcbb9e9d.pth): {e}") from None
+        raise SystemExit(f"error: {path} is not torchvision's VGG19 ImageNet checkpoint (vgg19-dcbb9e9d.pth), "
+                         f"which stage 2 reads (--vgg-weights PATH or torch's hub cache): {e}") from None
     return L.PerceptualLoss(extractor, cfg["perceptual_criterion"]).to(device)

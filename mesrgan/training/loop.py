@@ -17,7 +17,7 @@ import torch
 
 from ..data import SampleIdSampler
 from .components import (build_networks, build_perceptual, build_train_set, build_val_set, find_vgg_weights,
-                         missing_vgg_text, perceptual_needed, pick_device, vgg_cache_file)
+                         missing_vgg_text, perceptual_needed, pick_device)
 from .config import EXIT_NEEDS_VGG, RUN_ONLY, STAGES, dump_toml, resume_command, stages_of
 from .distributed import Dist
 from .optim import StageOptimizers
@@ -98,9 +98,8 @@ class Trainer:
         if path is not None:
             return self._build_perceptual(path)
         if cfg["quick"]:
-            self.log("note: the perceptual (VGG) term of stage 2 is OFF in this --quick run: no VGG19 "
-                     f"ImageNet weights were given (--vgg-weights PATH) and none are cached at "
-                     f"{vgg_cache_file()}; stage 2 runs with the pixel and adversarial terms only.")
+            self.log(f"note: the perceptual (VGG) term of stage 2 is OFF in this --quick run: {missing_vgg_text(cfg)}; "
+                     "stage 2 runs with the pixel and adversarial terms only.")
             cfg["perceptual_weight"] = 0.0
         return None
 

@@ -138,7 +138,8 @@ class MetricsLog:
                 else:
                     dropped += 1
         if dropped:
-            tmp = f"{self.path}.tmp{os.getpid()}"
+            folder, name = os.path.split(self.path)
+            tmp = os.path.join(folder, f".{name}.tmp{os.getpid()}")  # cleared by remove_temp_files if killed
             with open(tmp, "w") as f:
                 f.writelines(kept)
             os.replace(tmp, self.path)
