@@ -1,9 +1,13 @@
-"""Tests for python -m mesrgan.train: config, both stages, checkpoints, resume, errors, DDP."""
+"""Tests for python -m mesrgan.train: both stages, checkpoints, resume, errors, DDP, and the program's
+behaviour around them: no VGG weights, progress, stops, run folders and their lock, clean resume."""
 import json
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -12,6 +16,7 @@ import torch
 from PIL import Image
 
 from mesrgan import train as T
+from mesrgan.training import EXIT_NEEDS_VGG
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The networks here are tiny: one thread is faster than two, and much faster on a busy machine.
@@ -41,10 +46,12 @@ def assets(tmp_path_factory):
         Image.fromarray(_photo(h, w, i)).save(d / f"img{i}.png")
     (root / "val").mkdir()
     Image.fromarray(_photo(44, 40, 9)).save(root / "val" / "v.png")
+    (root / "big").mkdir()  # for crops of 128: iterations slow enough to signal in the middle of one
+    Image.fromarray(_photo(136, 144, 5)).save(root / "big" / "b.png")
     torch.manual_seed(0)
     vgg = root / "vgg_tiny.pth"
     torch.save(VGGFeatureExtractor(layer="relu1_2", pretrained=False).state_dict(), vgg)
-    return {"train": str(root / "train"), "val": str(root / "val"), "vgg": str(vgg)}
+    return {"train": str(root / "train"), "val": str(root / "val"), "big": str(root / "big"), "vgg": str(vgg)}
 
 
 def tiny(assets, out, *extra, model="esrgan"):
@@ -71,6 +78,47 @@ def _losses(records):
     return [{k: v for k, v in r.items() if k not in ("time", "it_per_s")} for r in records]
 
 
+def _without(args, flag, has_value=True):
+    """``args`` without ``flag`` (and its value)."""
+    i = args.index(flag)
+    return args[:i] + args[i + 1 + int(has_value):]
+
+
+def _spawn(args, env=None):
+    """``python -m mesrgan.train ARGS`` in its own process group, stdout and stderr merged; killed
+    after 180 s whatever happens, so that a hang fails the test instead of blocking it."""
+    p = subprocess.Popen([sys.executable, "-m", "mesrgan.train", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, env=env or ENV1, start_new_session=True)
+    watchdog = threading.Timer(180, lambda: _kill_group(p))
+    watchdog.daemon = True
+    watchdog.start()
+    p.watchdog = watchdog
+    return p
+
+
+def _kill_group(p):
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _read_until(p, text, lines):
+    """Read ``p``'s output into ``lines`` up to the first line containing ``text``."""
+    for line in p.stdout:
+        lines.append(line)
+        if text in line:
+            return line
+    raise AssertionError(f"{text!r} never came; output:\n" + "".join(lines))
+
+
+def _finish(p, lines):
+    rest, _ = p.communicate(timeout=180)
+    p.watchdog.cancel()
+    lines.append(rest)
+    return "".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------
 def test_help_lists_the_flags():
     r = subprocess.run([sys.executable, "-m", "mesrgan.train", "--help"], capture_output=True, text=True,
@@ -80,49 +128,6 @@ def test_help_lists_the_flags():
                  "--amp", "--channels-last", "--ema", "--workers", "--psnr-lr", "--gan-milestones",
                  "torchrun"):
         assert flag in r.stdout
-
-
-def test_defaults_are_the_papers():
-    e = T.resolve_config(["--model", "esrgan"])
-    assert (e["crop_size"], e["batch_size"], e["scale"]) == (128, 16, 4)
-    assert (e["psnr_iters"], e["psnr_lr"], e["psnr_milestones"], e["psnr_loss"]) == (200000, 2e-4, [100000], "l1")
-    assert (e["gan_iters"], e["gan_lr"], e["gan_milestones"]) == (200000, 1e-4, [50000, 100000, 150000])
-    assert (e["pixel_loss"], e["pixel_weight"], e["perceptual_weight"], e["perceptual_layer"],
-            e["adv_weight"], e["gan_type"]) == ("l1", 1e-2, 1.0, "conv5_4", 5e-3, "ragan")
-    s = T.resolve_config(["--model", "srgan"])
-    assert (s["crop_size"], s["psnr_loss"], s["pixel_loss"], s["pixel_weight"], s["adv_weight"],
-            s["perceptual_weight"], s["perceptual_layer"], s["gan_type"]) == (96, "mse", "mse", 1.0, 1e-3, 6e-3,
-                                                                              "relu5_4", "gan")
-    m = T.resolve_config([])
-    assert m["model"] == "mesrgan" and m["out"] == os.path.join("runs", "mesrgan") and m["stage"] == "all"
-    q = T.resolve_config(["--quick", "--psnr-iters", "7"])
-    assert q["psnr_iters"] == 7 and q["gan_iters"] == T.QUICK["gan_iters"] and q["crop_size"] == 64
-    assert T._lr_at(2e-4, [100000], 0.5, 99999) == 2e-4 and T._lr_at(2e-4, [100000], 0.5, 100000) == 1e-4
-    assert T._lr_at(1e-4, [50000, 100000, 150000], 0.5, 150000) == 1.25e-5
-
-
-def test_config_file_round_trip_and_precedence(tmp_path):
-    cfg = T.resolve_config(["--model", "srgan", "--crop-size", "48", "--data", "a", "--data", "b",
-                            "--g-opt", "num_blocks=3", "--ema", "0.99", "--channels-last",
-                            "--psnr-milestones", "10,20", "--out", str(tmp_path / "o")])
-    path = tmp_path / "c.toml"
-    path.write_text(T.dump_toml({k: v for k, v in cfg.items() if k not in T._RUN_ONLY}))
-    again = T.resolve_config(["--config", str(path)])
-    assert again == cfg
-    # flags beat the file; the file beats the defaults
-    over = T.resolve_config(["--config", str(path), "--crop-size", "64", "--g-opt", "features=16"])
-    assert over["crop_size"] == 64 and over["generator"] == {"num_blocks": 3, "features": 16}
-    assert over["psnr_milestones"] == [10, 20] and over["ema"] == 0.99
-    bad = tmp_path / "bad.toml"
-    bad.write_text('model = "esrgan"\ncrop_sise = 64\n')
-    with pytest.raises(SystemExit, match="unknown key"):
-        T.resolve_config(["--config", str(bad)])
-    with pytest.raises(SystemExit, match="multiple of scale"):
-        T.resolve_config(["--crop-size", "30"])
-    with pytest.raises(SystemExit, match="set with --scale"):
-        T.resolve_config(["--g-opt", "scale=2"])
-    with pytest.raises(SystemExit, match="no such file"):
-        T.resolve_config(["--config", str(tmp_path / "nope.toml")])
 
 
 def test_both_stages_write_loadable_checkpoints(assets, tmp_path):
@@ -202,17 +207,6 @@ def test_resume_reproduces_the_uninterrupted_run(assets, tmp_path):
             assert torch.equal(ca[key][k], cb[key][k]), (key, k)
 
 
-def test_stage2_without_vgg_weights_fails_at_start(assets, tmp_path):
-    out = tmp_path / "novgg"
-    args = tiny(assets, out, "--vgg-weights", str(tmp_path / "missing.pth"))
-    with pytest.raises(SystemExit, match="stage 2 needs the VGG19 ImageNet weights"):
-        T.main(args)
-    assert not (out / "metrics.jsonl").exists()  # nothing was trained first
-    # stage 1 alone does not need them
-    assert T.main(tiny(assets, out, "--stage", "psnr", "--psnr-iters", "1",
-                       "--vgg-weights", str(tmp_path / "missing.pth"))) == 0
-
-
 def test_quick_runs_stage2_without_vgg_and_says_so(assets, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # an empty hub cache
     args = [a for a in tiny(assets, tmp_path / "q", "--quick", "--psnr-iters", "1", "--gan-iters", "1",
@@ -237,6 +231,23 @@ def test_clear_errors(assets, tmp_path):
         T.main(tiny(assets, tmp_path / "fresh2", "--resume"))
     with pytest.raises(SystemExit, match="needs a CUDA device"):
         T.main(tiny(assets, tmp_path / "amp", "--device", "cpu", "--amp", "bf16"))
+    not_vgg = tmp_path / "not_vgg.pth"
+    torch.save({"something": torch.ones(2)}, not_vgg)
+    with pytest.raises(SystemExit, match=f"{not_vgg} is not torchvision's VGG19 ImageNet checkpoint"):
+        T.main(tiny(assets, tmp_path / "badvgg", "--vgg-weights", str(not_vgg)))  # at start: nothing trained
+    assert not (tmp_path / "badvgg" / "metrics.jsonl").exists()
+
+
+def test_a_missing_vgg_weights_file_is_named(assets, tmp_path, capsys):
+    missing = tmp_path / "typo.pth"
+    out = tmp_path / "o"
+    assert T.main(tiny(assets, out, "--vgg-weights", str(missing), "--psnr-iters", "1")) == EXIT_NEEDS_VGG
+    text = capsys.readouterr().out
+    assert text.count(f"the file given with --vgg-weights, {missing}, does not exist") == 2  # at start, at the end
+    assert torch.load(out / "last.pt", weights_only=True)["stage"] == "gan"
+    # stage 1 alone does not need them
+    assert T.main(tiny(assets, tmp_path / "p", "--stage", "psnr", "--psnr-iters", "1",
+                       "--vgg-weights", str(missing))) == 0
 
 
 def test_bundled_default_data(tmp_path):
@@ -247,57 +258,6 @@ def test_bundled_default_data(tmp_path):
                    "--no-tensorboard"]) == 0
     val = [r for r in _metrics(out) if r.get("val")]
     assert len(val) == 1 and val[0]["val_bicubic_psnr"] > 15
-
-
-_SAVER = r"""
-import sys, torch
-from mesrgan.train import save_checkpoint
-path = sys.argv[1]
-i = 0
-while True:
-    i += 1
-    save_checkpoint({"i": i, "w": torch.full((2_000_000,), float(i))}, path)
-    print(i, flush=True)
-"""
-
-
-def test_atomic_checkpoint_survives_a_kill_during_save(tmp_path):
-    path = tmp_path / "last.pt"
-    for attempt in range(2):
-        p = subprocess.Popen([sys.executable, "-c", _SAVER, str(path)], stdout=subprocess.PIPE, text=True,
-                             cwd=ROOT, env=ENV1)
-        try:
-            first = p.stdout.readline()  # one complete save has happened
-            assert first.strip(), "saver did not start"
-            time.sleep(0.05 + 0.1 * attempt)
-        finally:
-            p.kill()
-            p.wait()
-        ck = torch.load(path, weights_only=True)
-        assert torch.equal(ck["w"], torch.full((2_000_000,), float(ck["i"])))
-
-
-def test_sigterm_saves_and_resume_continues(assets, tmp_path):
-    out = tmp_path / "sig"
-    args = tiny(assets, out, "--stage", "psnr", "--psnr-iters", "100000", "--save-every", "100000",
-                "--val-every", "100000")
-    p = subprocess.Popen([sys.executable, "-m", "mesrgan.train", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True, env=ENV1)
-    lines = []
-    try:
-        for line in p.stdout:
-            lines.append(line)
-            if line.startswith("[psnr] 2/"):
-                p.send_signal(signal.SIGTERM)
-                break
-        rest, _ = p.communicate(timeout=120)
-    finally:
-        if p.poll() is None:
-            p.kill()
-    assert p.returncode == 128 + signal.SIGTERM, "".join(lines) + rest
-    assert "continue with --resume" in rest
-    ck = torch.load(out / "last.pt", weights_only=True)
-    assert ck["stage"] == "psnr" and ck["iteration"] >= 2
 
 
 def test_ddp_two_cpu_processes_match_one(assets, tmp_path):
@@ -325,3 +285,213 @@ def test_ddp_two_cpu_processes_match_one(assets, tmp_path):
         if x["stage"] == "psnr" and "l_pix" in x:
             assert y["l_pix"] == pytest.approx(x["l_pix"], rel=1e-4, abs=1e-6)
     assert (two / "last.pt").is_file()
+
+
+# ---- no VGG19 weights: stage 1 runs, then the run saves and says how to go on --------------------
+def test_main_job_offline_without_vgg_weights(assets, tmp_path, monkeypatch):
+    """A machine with no VGG19 file: a warning at start naming the flags, stage 1 trains, the run
+    saves at the start of stage 2 and exits with EXIT_NEEDS_VGG and the command to continue; that
+    command (with the file) gives exactly the run that had the weights from the start."""
+    home = tmp_path / "torch_home"  # an empty hub cache
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    env = {**ENV1, "TORCH_HOME": str(home)}
+    out, ref = tmp_path / "offline", tmp_path / "ref"
+    args = _without(tiny(assets, out), "--vgg-weights")
+    p = _spawn(args, env=env)
+    text = _finish(p, [])
+    assert p.returncode == EXIT_NEEDS_VGG == 3, text
+    cache = os.path.join(str(home), "hub", "checkpoints", "vgg19-dcbb9e9d.pth")
+    warning = text.index("warning: stage 2 needs VGG19 weights")
+    assert warning < text.index("stage psnr: iterations 1..3") < text.index("[psnr] 3/3")
+    assert "--vgg-weights PATH" in text[warning:] and cache in text
+    for api_word in ("weights=", "pretrained=", "Downloading", "Traceback"):
+        assert api_word not in text
+    hint = text.splitlines()[text.splitlines().index("Continue with:") + 1].strip()
+    assert hint.startswith("python -m mesrgan.train ") and hint.endswith(" --resume --vgg-weights PATH")
+    ck = torch.load(out / "last.pt", weights_only=True)
+    assert (ck["stage"], ck["iteration"]) == ("gan", 0) and (out / "stage1.pt").is_file()
+    assert [r["iteration"] for r in _metrics(out) if "l_pix" in r] == [1, 2, 3]
+
+    # Resumed still without them: it stops at once, touching nothing.
+    before = (out / "last.pt").read_bytes()
+    assert T.main(args + ["--resume"]) == EXIT_NEEDS_VGG
+    assert (out / "last.pt").read_bytes() == before
+    # With the file in torch's hub cache (a copy of the run folder), no flag is needed.
+    shutil.copytree(out, tmp_path / "cached")
+    os.makedirs(os.path.dirname(cache))
+    shutil.copy(assets["vgg"], cache)
+    cached_args = _without(args, "--out") + ["--out", str(tmp_path / "cached"), "--resume"]
+    assert T.main(cached_args) == 0
+    os.unlink(cache)
+    # The printed command, with the file.
+    words = shlex.split(hint)[3:]
+    words[-1] = assets["vgg"]
+    assert T.main(words) == 0
+    assert T.main(tiny(assets, ref)) == 0  # the weights from the start
+    assert _losses(_metrics(out)) == _losses(_metrics(ref)) == _losses(_metrics(tmp_path / "cached"))
+    assert {"l_per"} <= set([r for r in _metrics(out) if r["stage"] == "gan"][0])
+
+
+# ---- progress ------------------------------------------------------------------------------------
+def test_progress_from_the_first_step_and_the_run_folder_at_start(assets, tmp_path, capsys):
+    out = tmp_path / "p"
+    assert T.main(tiny(assets, out, "--stage", "psnr", "--psnr-iters", "3", "--log-every", "100")) == 0
+    text = capsys.readouterr().out
+    folder = text.index(f"run folder {out}: last.pt")
+    for what in ("best.pt", "stage1.pt", "metrics.jsonl", "samples/", "config.toml"):
+        assert what in text[folder:text.index("\n", folder)]
+    lines = text.splitlines()
+    first = [ln for ln in lines if ln.startswith("[psnr] 1/3 l_pix ")]
+    assert len(first) == 1 and " it/s | ETA " in first[0]  # the first step, though --log-every is 100
+    assert not any(ln.startswith("[psnr] 2/3") for ln in lines)  # then plain lines at log points
+    assert any(ln.startswith("[psnr] 3/3") for ln in lines)  # (and the end of the stage)
+    assert [r["iteration"] for r in _metrics(out) if "l_pix" in r] == [3]
+
+
+# ---- stops ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_one_stop_signal_says_so_saves_and_resumes(assets, tmp_path, sig):
+    out = tmp_path / "sig"
+    args = tiny(assets, out, "--stage", "psnr", "--psnr-iters", "100000", "--save-every", "100000",
+                "--val-every", "100000")
+    p = _spawn(args)
+    lines = []
+    _read_until(p, "[psnr] 2/", lines)
+    os.killpg(p.pid, sig)  # as a terminal's Ctrl-C does: the whole process group
+    text = _finish(p, lines)
+    name = signal.Signals(sig).name
+    assert p.returncode == 128 + sig, text
+    said = text.index(f"{name}: stopping after the current iteration")
+    assert said < text.index(f"stopped (signal {name}) at stage psnr iteration")
+    assert "continue with --resume" in text and "Traceback" not in text
+    ck = torch.load(out / "last.pt", weights_only=True)
+    assert ck["stage"] == "psnr" and ck["iteration"] >= 2
+    resumed = _without(args, "--psnr-iters") + ["--psnr-iters", str(ck["iteration"] + 2), "--resume"]
+    assert T.main(resumed) == 0
+    assert [r["iteration"] for r in _metrics(out) if "l_pix" in r] == list(range(1, ck["iteration"] + 3))
+
+
+def _slow(assets, out, *extra):
+    """Iterations of about half a second (crops of 128, a wider generator): time to signal in one."""
+    return ["--model", "esrgan", "--out", str(out), "--stage", "psnr", "--crop-size", "128", "--batch-size", "4",
+            "--psnr-iters", "100000", "--save-every", "100000", "--val-every", "100000", "--log-every", "1",
+            "--data", assets["big"], "--val-data", assets["val"], "--no-tensorboard",
+            "--g-opt", "num_blocks=6", "--g-opt", "features=48", "--g-opt", "growth=24", *extra]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_second_stop_signal_stops_at_once_and_keeps_the_checkpoint(assets, tmp_path, sig):
+    out = tmp_path / "twice"
+    assert T.main(_slow(assets, out, "--stop-after", "1", "--workers", "0")) == 0
+    before = (out / "last.pt").read_bytes()
+    p = _spawn(_slow(assets, out, "--resume", "--workers", "1"))
+    lines = []
+    _read_until(p, "stage psnr: iterations 2..", lines)
+    os.killpg(p.pid, sig)
+    _read_until(p, "stopping after the current iteration", lines)
+    os.killpg(p.pid, sig)  # within the same iteration
+    text = _finish(p, lines)
+    name = signal.Signals(sig).name
+    assert p.returncode == 128 + sig, text
+    assert f"stopped at once (second {name})" in text and "(stage psnr, iteration 1), is kept" in text
+    assert "Traceback" not in text and "Error" not in text
+    assert (out / "last.pt").read_bytes() == before  # the last checkpoint, untouched
+    assert sorted(os.listdir(out)) == [".lock", "config.toml", "last.pt", "metrics.jsonl"]
+    assert (out / ".lock").read_text() == ""  # released
+    deadline = time.monotonic() + 30
+    while True:  # the DataLoader worker went with it
+        try:
+            os.killpg(p.pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "a process of the stopped run is still alive"
+        time.sleep(0.1)
+
+
+# ---- run folders ---------------------------------------------------------------------------------
+def test_quick_after_an_interrupted_main_run_leaves_it_alone(assets, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default folders, runs/<model> and runs/<model>-quick
+    main_job = _without(tiny(assets, "unused"), "--out")
+    assert T.main(main_job + ["--stop-after", "2"]) == 0
+    main_dir = tmp_path / "runs" / "esrgan"
+    saved = {f: (main_dir / f).read_bytes() for f in ("last.pt", "metrics.jsonl", "config.toml")}
+    quick = main_job + ["--quick", "--psnr-iters", "1", "--gan-iters", "1", "--crop-size", "32",
+                        "--batch-size", "2", "--val-max-size", "32"]
+    assert T.main(quick) == 0
+    assert torch.load(tmp_path / "runs" / "esrgan-quick" / "last.pt", weights_only=True)["stage"] == "gan"
+    assert {f: (main_dir / f).read_bytes() for f in saved} == saved
+    with pytest.raises(SystemExit, match="already holds a run"):
+        T.main(quick)  # and a second demo does not replace the first silently either
+    assert T.main(main_job + ["--resume"]) == 0
+    ck = torch.load(main_dir / "last.pt", weights_only=True)
+    assert (ck["stage"], ck["iteration"], ck["train_config"]["crop_size"]) == ("gan", 3, 32)
+
+
+def test_a_new_run_over_a_checkpoint_is_refused_until_overwrite(assets, tmp_path):
+    out = tmp_path / "o"
+    assert T.main(tiny(assets, out, "--stop-after", "2")) == 0
+    before = (out / "last.pt").read_bytes()
+    with pytest.raises(SystemExit) as e:
+        T.main(tiny(assets, out))
+    for way in ("--resume", "--out", "--overwrite"):
+        assert way in str(e.value)
+    assert (out / "last.pt").read_bytes() == before
+    assert T.main(tiny(assets, out, "--overwrite", "--stage", "psnr", "--psnr-iters", "1")) == 0
+    assert [(r["stage"], r["iteration"]) for r in _metrics(out)] == [("psnr", 1), ("psnr", 1)]  # loss, val
+    assert os.listdir(out / "samples") == ["psnr_0000001.png"]
+
+
+def test_two_concurrent_runs_into_one_folder(assets, tmp_path, capsys):
+    out = tmp_path / "shared"
+    args = tiny(assets, out, "--stage", "psnr", "--psnr-iters", "100000", "--save-every", "100000",
+                "--val-every", "100000")
+    p = _spawn(args)
+    lines = []
+    try:
+        _read_until(p, "[psnr] 2/", lines)
+        for second in (tiny(assets, out, "--stage", "psnr"), tiny(assets, out, "--stage", "psnr", "--resume")):
+            with pytest.raises(SystemExit, match=rf"in use by a live run \(pid {p.pid} on "):
+                T.main(second)
+        logged = len(_metrics(out))
+        _read_until(p, "[psnr] 20/", lines)
+        assert len(_metrics(out)) > logged >= 2  # the live run's log is intact and growing
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)  # killed: its lock is stale
+        p.communicate()
+        p.watchdog.cancel()
+    capsys.readouterr()
+    assert T.main(tiny(assets, out, "--stage", "psnr", "--psnr-iters", "2")) == 0
+    assert f"took over the lock of {out} from a run that ended without releasing it (pid {p.pid} " \
+        in capsys.readouterr().out
+    assert [r["iteration"] for r in _metrics(out) if "l_pix" in r] == [1, 2]  # the new run's log alone
+
+
+# ---- resume after kill -9 ------------------------------------------------------------------------
+def test_resume_after_kill_logs_every_iteration_once(assets, tmp_path, capsys):
+    """kill -9 between checkpoints: the steps after the last checkpoint are cut from metrics.jsonl
+    and run again, a killed save's temporary file is removed, and the log equals an unbroken run's."""
+    out, ref = tmp_path / "killed", tmp_path / "unbroken"
+    common = ("--stage", "psnr", "--save-every", "5", "--val-every", "100000")
+    p = _spawn(tiny(assets, out, *common, "--psnr-iters", "100000"))
+    lines = []
+    try:
+        _read_until(p, "[psnr] 7/", lines)
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+        p.watchdog.cancel()
+    k = torch.load(out / "last.pt", weights_only=True)["iteration"]
+    logged = max(r["iteration"] for r in _metrics(out))
+    assert k % 5 == 0 and logged >= 7 and logged >= k
+    torn = out / ".last.pt.tmp999999"  # what a save killed in its write leaves
+    torn.write_bytes(b"\x00" * 1000)
+    total = str(logged + 3)
+    assert T.main(tiny(assets, out, *common, "--psnr-iters", total, "--resume")) == 0
+    text = capsys.readouterr().out
+    assert not torn.exists() and f"removed {torn}" in text
+    if logged > k:
+        assert f"({logged - k} lines after it cut from metrics.jsonl)" in text
+    assert T.main(tiny(assets, ref, *common, "--psnr-iters", total)) == 0
+    train = [r["iteration"] for r in _metrics(out) if "l_pix" in r]
+    assert train == list(range(1, logged + 4))
+    assert _losses(_metrics(out)) == _losses(_metrics(ref))

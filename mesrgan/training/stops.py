@@ -1,0 +1,81 @@
+"""Stopping a run on request: SIGINT (Ctrl-C) and SIGTERM.
+
+The first signal says at once that the run will stop after the current iteration (which then
+saves a checkpoint); a second one stops at once by raising :class:`StopNow`, which the program
+turns into a message and exit status 128 + N, without a traceback. A checkpoint being written at
+that moment is abandoned (its temporary file removed), so the last complete one stays.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+
+__all__ = ["StopNow", "StopRequests", "ignore_stop_signals"]
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopNow(BaseException):
+    """A second stop signal: leave at once. A BaseException, so no ``except Exception`` on the way
+    swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = int(signum)
+
+
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
+def ignore_stop_signals(_worker_id=None) -> None:
+    """For DataLoader workers: Ctrl-C reaches the whole process group and ``kill`` may too; the
+    main process stops the workers itself after saving, so they must not die first (the main
+    process would then fail on a lost worker)."""
+    for s in _SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+
+
+class StopRequests:
+    """Installs the handlers for the life of a ``with`` block; ``signum`` is the first signal received."""
+
+    def __init__(self, announce: bool = True):
+        self.signum = None
+        self._announce = announce
+        self._old = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def request(self, signum: int) -> None:
+        """Ask to stop after the current iteration (another process of the run was told to)."""
+        if self.signum is None:
+            self.signum = int(signum)
+
+    def _handle(self, signum, _frame):
+        if self.signum is not None:
+            raise StopNow(signum)
+        self.signum = signum
+        if self._announce:
+            name = signal_name(signum)
+            # os.write, not print: a handler can run in the middle of a print to the same stream.
+            _say(f"\n{name}: stopping after the current iteration, with a checkpoint. "
+                 f"{name} again stops at once (keeping the last checkpoint).\n")
+
+    def __enter__(self):
+        for s in _SIGNALS:
+            with contextlib.suppress(ValueError):  # not the main thread: no handlers there
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        self._old = {}
+
+
+def _say(text: str) -> None:
+    with contextlib.suppress(OSError):
+        os.write(2, text.encode())
