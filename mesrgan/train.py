@@ -354,6 +354,20 @@ def _set_rng_state(s):
 # ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------
+# what --resume needs from last.pt (the optional parts are looked up with .get)
+_RESUME_KEYS = ("stage", "iteration", "best_psnr", "generator", "optimizer_g", "rng")
+
+
+def _read_checkpoint_or_exit(flag, path, require=()):
+    """``read_checkpoint``, or one line on stderr and exit status 2 for a file that is not one."""
+    from .models import CheckpointError, read_checkpoint
+    try:
+        return read_checkpoint(path, require=require)
+    except CheckpointError as e:
+        print(f"error: {flag}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def _lr_at(base: float, milestones, gamma: float, iteration: int) -> float:
     """Step schedule: ``base * gamma ** (number of milestones <= iteration)``."""
     return base * gamma ** sum(1 for m in milestones if iteration >= m)
@@ -618,7 +632,7 @@ class Trainer:
         path = os.path.join(self.out, "last.pt")
         if not os.path.isfile(path):
             raise SystemExit(f"error: --resume: no checkpoint {path}")
-        ck = torch.load(path, map_location="cpu", weights_only=True)
+        ck = _read_checkpoint_or_exit("--resume", path, _RESUME_KEYS)
         old = ck.get("train_config", {})
         for k in ("model", "scale", "crop_size", "generator"):
             if k in old and old[k] != self.cfg[k]:
@@ -648,13 +662,13 @@ class Trainer:
         if not os.path.isfile(path):
             raise SystemExit(f"error: --stage gan starts from a stage-1 generator, and {path} does not exist: "
                              "pass --pretrained PATH or run --stage psnr first with the same --out")
-        ck = torch.load(path, map_location="cpu", weights_only=True)
+        ck = _read_checkpoint_or_exit("--pretrained" if self.cfg["pretrained"] else "--stage gan", path)
         # Our checkpoints hold the raw weights under "generator" (an EMA, if any, is not where
         # stage 1 ended); anything else is taken as a bare state dict.
-        state = ck["generator"] if isinstance(ck, dict) and "generator" in ck else ck
+        state = ck["generator"] if "generator" in ck else ck
         try:
             self.G.load_state_dict(state)
-        except RuntimeError as e:
+        except (RuntimeError, TypeError, ValueError) as e:
             raise SystemExit(f"error: {path} does not fit the {self.cfg['model']} generator of this run "
                              f"(options {self.cfg['generator']}): {e}") from None
         self.log(f"stage 2 starts from {path}")
