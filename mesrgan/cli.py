@@ -12,7 +12,7 @@ import tempfile
 
 from .inference import UsageError
 
-__all__ = ["int_range", "float_range", "prepare_dir", "prepare_file", "write_text_atomic"]
+__all__ = ["int_range", "float_range", "check_dir", "check_file", "prepare_dir", "prepare_file", "write_text_atomic"]
 
 
 def int_range(lo: int, hi: int | None = None, *, zero_ok: bool = False):
@@ -59,46 +59,67 @@ def _first_existing(path):
     return path
 
 
-def prepare_dir(path: str, flag: str) -> str:
-    """Make sure ``path`` is a folder this process can write in, creating it and its parents.
-
-    Raises :class:`UsageError` naming ``flag`` when a part of the path is a file, the folder
-    cannot be created, or no file can be created in it.
-    """
-    if os.path.isdir(path):
-        pass
-    elif os.path.lexists(path):
-        raise UsageError(f"{flag} {path}: is a file, not a folder")
-    else:
-        blocker = _first_existing(path)
-        if not os.path.isdir(blocker):
-            raise UsageError(f"{flag} {path}: cannot create the folder, because {blocker} is a file")
-        try:
-            os.makedirs(path, exist_ok=True)
-        except OSError as e:
-            raise UsageError(f"{flag} {path}: cannot create the folder ({e.strerror or e})") from None
+def _probe_write(folder, flag, path, what):
     try:
         # A real probe rather than os.access: access() ignores read-only mounts for root, and
         # pseudo file systems (/proc, /sys) refuse new files whatever the permission bits say.
-        with tempfile.TemporaryFile(dir=path, prefix=".mesrgan-write-test-"):
+        with tempfile.TemporaryFile(dir=folder, prefix=".mesrgan-write-test-"):
             pass
     except OSError as e:
-        raise UsageError(f"{flag} {path}: cannot write in this folder ({e.strerror or e})") from None
+        raise UsageError(f"{flag} {path}: {what} ({e.strerror or e})") from None
+
+
+def check_dir(path: str, flag: str) -> str:
+    """Check, creating nothing, that ``path`` is a writable folder or could be created as one
+    (its nearest existing ancestor is a writable folder). Raises :class:`UsageError` naming
+    ``flag`` when a part of the path is a file or nothing can be written there."""
+    if os.path.isdir(path):
+        _probe_write(path, flag, path, "cannot write in this folder")
+    elif os.path.lexists(path):
+        raise UsageError(f"{flag} {path}: is a file, not a folder")
+    else:
+        ancestor = _first_existing(path)
+        if not os.path.isdir(ancestor):
+            raise UsageError(f"{flag} {path}: cannot create the folder, because {ancestor} is a file")
+        _probe_write(ancestor, flag, path, f"cannot create the folder in {ancestor}")
+    return path
+
+
+def prepare_dir(path: str, flag: str) -> str:
+    """:func:`check_dir`, then create the folder and its parents where missing."""
+    check_dir(path, flag)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"{flag} {path}: cannot create the folder ({e.strerror or e})") from None
+    if not os.path.isdir(path):
+        raise UsageError(f"{flag} {path}: cannot create the folder")
+    _probe_write(path, flag, path, "cannot write in this folder")
+    return path
+
+
+def check_file(path: str, flag: str) -> str:
+    """Check, creating nothing, that ``path`` can be written as a file: not a folder, its folder
+    writable or creatable, an existing file there writable. Raises :class:`UsageError` naming ``flag``."""
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path}: is a folder; give a file name")
+    try:
+        check_dir(os.path.dirname(os.path.abspath(path)), flag)
+    except UsageError as e:
+        raise UsageError(f"{flag} {path}: {str(e).split(': ', 1)[1]}") from None
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise UsageError(f"{flag} {path}: the file exists and cannot be overwritten")
     return path
 
 
 def prepare_file(path: str, flag: str) -> str:
-    """Make sure ``path`` can be written as a file: not a folder, its folder created if missing
-    and writable, and an existing file there writable. Raises :class:`UsageError` naming ``flag``."""
-    if os.path.isdir(path):
-        raise UsageError(f"{flag} {path}: is a folder; give a file name")
+    """:func:`check_file`, then create the file's folder where missing."""
+    check_file(path, flag)
     parent = os.path.dirname(os.path.abspath(path))
     try:
         prepare_dir(parent, flag)
     except UsageError as e:
         raise UsageError(f"{flag} {path}: {str(e).split(': ', 1)[1]}") from None
-    if os.path.exists(path) and not os.access(path, os.W_OK):
-        raise UsageError(f"{flag} {path}: the file exists and cannot be overwritten")
     return path
 
 
