@@ -106,7 +106,7 @@ def check_file(path: str, flag: str) -> str:
     try:
         check_dir(os.path.dirname(os.path.abspath(path)), flag)
     except UsageError as e:
-        raise UsageError(f"{flag} {path}: {str(e).split(': ', 1)[1]}") from None
+        raise UsageError(f"{flag} {path}: {str(e)[len(flag) + 1:]}") from None
     if os.path.exists(path) and not os.access(path, os.W_OK):
         raise UsageError(f"{flag} {path}: the file exists and cannot be overwritten")
     return path
@@ -119,7 +119,7 @@ def prepare_file(path: str, flag: str) -> str:
     try:
         prepare_dir(parent, flag)
     except UsageError as e:
-        raise UsageError(f"{flag} {path}: {str(e).split(': ', 1)[1]}") from None
+        raise UsageError(f"{flag} {path}: {str(e)[len(flag) + 1:]}") from None
     return path
 
 

@@ -53,6 +53,18 @@ def tile_edges(length: int, tile: int) -> list[int]:
     return [round(i * length / n) for i in range(n + 1)]
 
 
+def _aligned(edges, m):
+    """Tile edges moved to multiples of ``m`` (the first and last kept), empty spans dropped."""
+    if m == 1:
+        return edges
+    inner = [round(e / m) * m for e in edges[1:-1]]
+    out = [edges[0]]
+    for e in inner + [edges[-1]]:
+        if e > out[-1]:
+            out.append(e)
+    return out
+
+
 def _model_device_dtype(model, fallback):
     p = next(iter(model.parameters()), None)
     return (p.device, p.dtype) if p is not None else (fallback.device, fallback.dtype)
@@ -74,14 +86,17 @@ def _tiles(model, lr, tile, tile_pad, progress):
     """
     device, dtype = _model_device_dtype(model, lr)
     h, w = lr.shape[-2:]
-    ys, xs = tile_edges(h, tile or max(h, w)), tile_edges(w, tile or max(h, w))
+    # A model that pixel-unshuffles its input (Real-ESRGAN x2 / x1) must see every tile in the
+    # phase it sees the whole image in: tiles and their context then start on multiples of this.
+    m = int(getattr(model, "input_multiple", 1) or 1)
+    ys, xs = (_aligned(tile_edges(n, tile or max(h, w)), m) for n in (h, w))
     total = (len(ys) - 1) * (len(xs) - 1)
     scale = None
     done = 0
     for y0, y1 in zip(ys[:-1], ys[1:]):
         for x0, x1 in zip(xs[:-1], xs[1:]):
-            iy0, iy1 = max(y0 - tile_pad, 0), min(y1 + tile_pad, h)
-            ix0, ix1 = max(x0 - tile_pad, 0), min(x1 + tile_pad, w)
+            iy0, iy1 = max(y0 - tile_pad, 0) // m * m, min(-(-(y1 + tile_pad) // m) * m, h)
+            ix0, ix1 = max(x0 - tile_pad, 0) // m * m, min(-(-(x1 + tile_pad) // m) * m, w)
             sr = model(lr[..., iy0:iy1, ix0:ix1].to(device=device, dtype=dtype))
             th, tw = iy1 - iy0, ix1 - ix0
             if scale is None:

@@ -164,17 +164,18 @@ def infer_generator(state):
         w = state["conv_first.weight"]
         features, in_channels = int(w.shape[0]), int(w.shape[1])
         out_channels = int(state["conv_last.weight"].shape[0]) if "conv_last.weight" in state else in_channels
-        if in_channels in (4 * out_channels, 16 * out_channels):
-            raise ValueError(
-                f"this RRDBNet state dict takes {in_channels}-channel input for {out_channels}-channel output: "
-                f"a Real-ESRGAN x{4 if in_channels == 4 * out_channels else 1}-style model that pixel-unshuffles "
-                f"its input. That layout is not supported; use an x4 checkpoint (conv_first takes "
-                f"{out_channels} channels)")
         blocks = _indices(state, r"^body\.(\d+)\.rdb\d+\.")
         dense = _indices(state, r"^body\.0\.rdb(\d+)\.")
         config = {"in_channels": in_channels, "out_channels": out_channels, "features": features,
                   "num_blocks": len(blocks) or 1, "dense_blocks": len(dense) or 1,
                   "scale": 4 if "conv_up2.weight" in state else 2}
+        # Real-ESRGAN's x2 / x1 models: a x4 body behind a pixel unshuffle by 2 / 4 of the input
+        unshuffled = {4 * out_channels: 2, 16 * out_channels: 1}.get(in_channels)
+        if unshuffled is not None and "conv_up2.weight" in state:
+            if "body.0.rdb1.conv1.weight" not in state:
+                raise ValueError(f"this state dict pixel-unshuffles its {out_channels}-channel input into "
+                                 f"{in_channels} channels, a layout only the esrgan (RRDBNet) generator has")
+            config.update(in_channels=out_channels, scale=unshuffled, unshuffle_input=True)
         if "body.0.rdb1.conv1.weight" in state:
             config["growth"] = int(state["body.0.rdb1.conv1.weight"].shape[0])
             return "esrgan", config
