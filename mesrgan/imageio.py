@@ -57,7 +57,7 @@ class ImageTooLargeError(ImageReadError):
         super().__init__(
             f"{path}: {width}x{height} = {width * height:,} pixels is over the pixel budget of {max_pixels:,} "
             f"(a guard against decompression bombs); for a trusted file raise it with --max-pixels N "
-            f"or the environment variable {MAX_PIXELS_ENV}")
+            f"(upscale, evaluate) or the environment variable {MAX_PIXELS_ENV}=N (every program, training too)")
 
 
 def default_max_pixels() -> int:
@@ -200,6 +200,9 @@ def read_png16(path, *, max_pixels: int | None = None) -> np.ndarray:
     return pix.reshape(h, w, channels, 2).view(">u2")[..., 0].astype(np.uint16)
 
 
+_PNG_BAND_BYTES = 8 << 20  # rows filtered and compressed at a time by write_png16
+
+
 def _png_chunk(ctype, body):
     return struct.pack(">I", len(body)) + ctype + body + struct.pack(">I", zlib.crc32(ctype + body))
 
@@ -218,7 +221,7 @@ def write_png16(path, pixels: np.ndarray) -> None:
     if c not in _PNG_COLOR_TYPE:
         raise ValueError(f"write_png16: expected 1 to 4 channels, got {c}")
     row_bytes = w * c * 2
-    band = max(1, (8 << 20) // max(row_bytes, 1))  # about 8 MB of rows at a time
+    band = max(1, _PNG_BAND_BYTES // max(row_bytes, 1))
     compressor = zlib.compressobj(6)
     ihdr = struct.pack(">IIBBBBB", w, h, 16, _PNG_COLOR_TYPE[c], 0, 0, 0)
     prev = np.zeros(row_bytes, np.uint8)  # the row above the first one is zero for PNG's filters
