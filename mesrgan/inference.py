@@ -159,9 +159,19 @@ def upscale_tensor(model, lr: torch.Tensor, *, tile: int = 0, tile_pad: int = 16
 _SAMPLE_DTYPES = {None: np.float32, 8: np.uint8, 16: np.uint16}
 
 
+def _as_float(pixels):
+    """float32 tensor in [0, 1] of float pixels or of uint8 / uint16 samples (divided by 255 /
+    65535 in float32, exactly as :func:`mesrgan.imageio.read_image` does)."""
+    if pixels.dtype in (np.uint8, np.uint16):
+        return torch.from_numpy(np.ascontiguousarray(pixels)).to(torch.float32).div_(
+            255.0 if pixels.dtype == np.uint8 else 65535.0)
+    return torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
+
+
 def upscale_pixels(model, pixels: np.ndarray, *, tile: int = 0, tile_pad: int = 16, progress=None,
                    bit_depth: int | None = None) -> np.ndarray:
-    """Upscale one image given as float ``(H, W, C)`` in [0, 1], C = 1, 2, 3 or 4.
+    """Upscale one image given as float ``(H, W, C)`` in [0, 1], or as its uint8 / uint16 samples
+    (:func:`mesrgan.imageio.read_image_samples`, which saves holding a float copy), C = 1, 2, 3 or 4.
 
     The model sees RGB: a grey image is repeated into three channels and its output turned back
     into grey with BT.601 luma weights; an alpha channel is upscaled separately with MATLAB-style
@@ -183,13 +193,15 @@ def upscale_pixels(model, pixels: np.ndarray, *, tile: int = 0, tile_pad: int = 
 
     if pixels.ndim != 3 or pixels.shape[2] not in (1, 2, 3, 4):
         raise ValueError(f"pixels must be (H, W, C) with C in 1..4, got {pixels.shape}")
+    if pixels.dtype not in (np.float32, np.float64, np.uint8, np.uint16):
+        raise ValueError(f"pixels must be float, uint8 or uint16, got {pixels.dtype}")
     if bit_depth not in _SAMPLE_DTYPES:
         raise ValueError(f"bit_depth must be None, 8 or 16, got {bit_depth!r}")
     _check_tiling(tile, tile_pad)
     h, w, c = pixels.shape
-    colour = pixels[..., :3] if c >= 3 else np.repeat(pixels[..., :1], 3, axis=2)
-    lr = torch.from_numpy(np.ascontiguousarray(colour, dtype=np.float32)).permute(2, 0, 1)[None]
-    del colour
+    lr = _as_float(pixels[..., :3] if c >= 3 else pixels[..., :1]).permute(2, 0, 1)[None]
+    if c < 3:
+        lr = lr.expand(1, 3, h, w)  # the model sees grey as RGB; tiles are copied anyway
     out, scale = None, None
     with torch.no_grad():
         for y0, y1, x0, x1, scale, sr in _tiles(model, lr, tile, tile_pad, progress):
@@ -205,7 +217,6 @@ def upscale_pixels(model, pixels: np.ndarray, *, tile: int = 0, tile_pad: int = 
                 piece if bit_depth is None else to_samples(piece, bit_depth)
     del lr
     if c in (2, 4):
-        alpha = torch.from_numpy(np.ascontiguousarray(pixels[..., -1], dtype=np.float32))[None]
-        alpha = imresize(alpha, scale).clamp_(0, 1)[0].numpy()
+        alpha = imresize(_as_float(pixels[..., -1:])[..., 0][None], scale).clamp_(0, 1)[0].numpy()
         out[..., -1] = alpha if bit_depth is None else to_samples(alpha, bit_depth)
     return out

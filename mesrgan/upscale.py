@@ -25,7 +25,8 @@ import time
 import torch
 
 from .cli import check_dir, check_file, int_range, prepare_dir, prepare_file
-from .imageio import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, ImageReadError, is_image_file, read_image, write_image
+from .imageio import (DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, ImageReadError, is_image_file, read_image_samples,
+                      write_image)
 from .inference import upscale_tensor  # noqa: F401  (re-exported: mesrgan.upscale.upscale_tensor)
 from .inference import UsageError, load_checkpoint, upscale_pixels
 
@@ -110,21 +111,21 @@ def _collect_inputs(inputs):
     return found
 
 
-def _output_path(src, loaded, args, scale, single_file_output):
+def _output_path(src, fmt, bit_depth, channels, args, scale, single_file_output):
     if single_file_output:
         return args.output
     stem = os.path.splitext(os.path.basename(src))[0]
     suffix = f"_x{scale}" if args.suffix is None else args.suffix
     if args.out_format != "auto":
         ext = "." + args.out_format
-    elif loaded.bit_depth == 16:
+    elif bit_depth == 16:
         ext = ".png"  # the 16-bit writer is PNG-only
     else:
-        ext = _KEEP_FORMATS.get(loaded.format, ".png")
+        ext = _KEEP_FORMATS.get(fmt, ".png")
         src_ext = os.path.splitext(src)[1].lower()
         if ext in (".jpg", ".tif") and src_ext in (".jpeg", ".jpg", ".tif", ".tiff"):
             ext = src_ext  # keep the spelling of the input
-    if ext in (".jpg", ".jpeg") and loaded.pixels.shape[2] in (2, 4):
+    if ext in (".jpg", ".jpeg") and channels in (2, 4):
         ext = ".png"  # JPEG has no alpha
     return os.path.join(args.output, stem + suffix + ext)
 
@@ -148,25 +149,24 @@ def _check_output(args, jobs):
 
 def _upscale_one(src, generator, args, scale, single_file_output, produced, progress):
     """Read, upscale and write one image; returns ``(dst, (w, h), (W, H))``."""
-    loaded = read_image(src, max_pixels=args.max_pixels)
-    dst = _output_path(src, loaded, args, scale, single_file_output)
+    # the stored samples, not float pixels: a float copy of a big input is 4x its 8-bit size
+    samples, in_depth, fmt = read_image_samples(src, max_pixels=args.max_pixels)
+    h, w, channels = samples.shape
+    dst = _output_path(src, fmt, in_depth, channels, args, scale, single_file_output)
     if os.path.abspath(dst) == os.path.abspath(src):
         raise ValueError(f"output {dst} would overwrite its input; choose another -o or --suffix")
     if os.path.abspath(dst) in produced:
         raise ValueError(f"output {dst} was already written for {produced[os.path.abspath(dst)]} "
                          "(same file name in two input folders)")
     # 16 bits only where the writer can store them (PNG); other formats get 8
-    bit_depth = loaded.bit_depth if dst.lower().endswith(".png") else 8
-    h, w = loaded.pixels.shape[:2]
-    pixels = loaded.pixels
-    del loaded  # the float input is not needed once the model has it
+    bit_depth = in_depth if dst.lower().endswith(".png") else 8
     try:
-        sr = upscale_pixels(generator, pixels, tile=args.tile, tile_pad=args.tile_pad, progress=progress,
+        sr = upscale_pixels(generator, samples, tile=args.tile, tile_pad=args.tile_pad, progress=progress,
                             bit_depth=bit_depth)
     except torch.OutOfMemoryError as e:
         raise RuntimeError(f"out of memory on {_device_of(generator)}; try a smaller --tile "
                            f"(now {args.tile})") from e
-    del pixels
+    del samples
     write_image(dst, sr, bit_depth=bit_depth, quality=args.quality)
     produced[os.path.abspath(dst)] = src
     return dst, (w, h), (sr.shape[1], sr.shape[0])

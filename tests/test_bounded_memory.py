@@ -80,3 +80,17 @@ def test_unshuffling_model_tiles_equal_the_whole_image(scale):
     torch.testing.assert_close(tiled, whole, rtol=0, atol=2e-5)
     model.input_multiple = 1  # without that, tiles are unshuffled out of phase
     assert (upscale_tensor(model, lr, tile=37, tile_pad=40) - whole).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_stored_samples_in_equal_float_pixels_in(channels, dtype):
+    """upscale reads the stored samples (no float copy of the input); the result is the one the
+    float pixels of read_image give, bit for bit."""
+    top = np.iinfo(dtype).max
+    samples = np.random.default_rng(4).integers(0, top + 1, size=(13, 17, channels)).astype(dtype)
+    floats = samples.astype(np.float32) / np.float32(top)
+    model = _model()
+    for bit_depth in (None, 8):
+        np.testing.assert_array_equal(upscale_pixels(model, samples, tile=7, tile_pad=3, bit_depth=bit_depth),
+                                      upscale_pixels(model, floats, tile=7, tile_pad=3, bit_depth=bit_depth))
