@@ -163,7 +163,8 @@ def _as_float(pixels):
     """float32 tensor in [0, 1] of float pixels or of uint8 / uint16 samples (divided by 255 /
     65535 in float32, exactly as :func:`mesrgan.imageio.read_image` does)."""
     if pixels.dtype in (np.uint8, np.uint16):
-        return torch.from_numpy(np.ascontiguousarray(pixels)).to(torch.float32).div_(
+        # one float32 copy (the samples themselves may be a read-only view of the decoder's buffer)
+        return torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).div_(
             255.0 if pixels.dtype == np.uint8 else 65535.0)
     return torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
 

@@ -1,8 +1,8 @@
 """ONNX export: every generator, our compiled op included, round-trips through onnxruntime.
 
 The exported file is run at another batch size and image size than the one traced, and compared
-with the PyTorch module (impl="auto": the compiled op) in float64-free float32 arithmetic on
-both sides, so the tolerance is float32 rounding over a few dozen layers.
+with the PyTorch module (impl="auto": the compiled op). Both sides compute in float32, so the
+tolerance is float32 rounding over a few dozen layers.
 """
 import importlib.util
 import subprocess
@@ -45,9 +45,12 @@ def _onnx_run(path, x):
 def test_trace_calls_the_compiled_op_and_the_decomposition_removes_it():
     """What the export starts from is the impl="auto" module running our op: the test below is
     about exporting that op, not a model that never called it."""
+    from mesrgan.ops.decompositions import DECOMPOSITIONS
+
     model, _ = _tiny("mesrgan")
     exported = torch.export.export(model, (torch.rand(2, 3, 12, 14),))
-    assert mesrgan_ops_in(exported) == {"mesrgan.depthwise_conv3x3.default"}
+    called = mesrgan_ops_in(exported)
+    assert called and called <= {str(op) for op in DECOMPOSITIONS}
     assert mesrgan_ops_in(_exported_program(model, torch.rand(2, 3, 12, 14))) == set()
 
 
@@ -113,7 +116,6 @@ def test_export_flag_ranges(tmp_path, capsys, flags, message):
 
 
 def test_export_refuses_bad_checkpoint_and_output(tmp_path, capsys):
-    (tmp_path / "list.pt").write_bytes(b"")
     torch.save([1, 2, 3], tmp_path / "list.pt")
     code = export_main(["--weights", str(tmp_path / "list.pt"), "-o", str(tmp_path / "m.onnx")])
     err = capsys.readouterr().err

@@ -297,7 +297,8 @@ def test_evaluate_refuses_unwritable_outputs_before_any_work(tmp_path, weights, 
     for flags, message in [(["--save-dir", str(tmp_path / "afile" / "sd")], "--save-dir .*afile is a file"),
                            (["--json", str(tmp_path / "afile" / "r.json")], "--json .*afile: is a file"),
                            (["--json", str(tmp_path)], "--json .*is a folder; give a file name"),
-                           (["--json", "/proc/nodir/r.json"], "--json /proc/nodir/r.json: /proc/nodir: cannot create the folder in /proc")]:
+                           (["--json", "/proc/nodir/r.json"],
+                            "--json /proc/nodir/r.json: /proc/nodir: cannot create the folder in /proc")]:
         assert E.main(["--weights", weights, "--data", str(tmp_path), *flags]) == 2
         out, err = capsys.readouterr()
         assert re.search(message, err) and out == "" and "model:" not in err, err
@@ -351,3 +352,10 @@ def test_train_numeric_options_are_range_checked(flags, message):
 def test_write_image_quality_range(tmp_path):
     with pytest.raises(ValueError, match=r"quality must be an int from 1 to 100, got 500"):
         write_image(tmp_path / "a.jpg", _photo(8, 8).astype(np.float32) / 255, quality=500)
+
+
+def test_model_report_sizes_are_range_checked(capsys):
+    from mesrgan.models.__main__ import main as models_main
+    with pytest.raises(SystemExit) as e:
+        models_main(["--report", "--sizes", "0"])
+    assert e.value.code == 2 and "--sizes: expected a whole number from 1 to 4096, got 0" in capsys.readouterr().err

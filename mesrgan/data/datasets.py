@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from ..imageio import ImageTooLargeError, check_image, read_image_samples, to_samples
 from .resize import imresize

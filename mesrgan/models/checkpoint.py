@@ -102,7 +102,8 @@ def read_checkpoint(path, *, require=()) -> Mapping:
             warnings.simplefilter("ignore", UserWarning)
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch.load raises many kinds for files that are not its own
-        raise CheckpointError(f"cannot load {path!r}: not a torch checkpoint of tensors ({_load_refusal(exc)})") from None
+        raise CheckpointError(f"cannot load {path!r}: not a torch checkpoint of tensors "
+                              f"({_load_refusal(exc)})") from None
     if not isinstance(obj, Mapping) or not obj:
         raise CheckpointError(f"cannot load {path!r}: it holds {_describe(obj)}, not a checkpoint (a dict of tensors)")
     missing = [k for k in require if k not in obj]
