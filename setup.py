@@ -3,10 +3,14 @@
 Environment variables (see README, "Building"):
 
 * ``MESRGAN_CUDA``: ``auto`` (default) builds the CUDA kernels when the installed torch is a
-  CUDA build and a CUDA toolkit is found; ``1`` forces them (the build fails if it cannot);
-  ``0`` builds the CPU kernels only.
-* ``TORCH_CUDA_ARCH_LIST``: honoured as usual. When unset and no GPU is visible, the short
-  default ``DEFAULT_ARCH_LIST`` below is used instead of torch's long list.
+  CUDA build, a CUDA toolkit is found, and there is a GPU to run them on (one is visible, or
+  ``TORCH_CUDA_ARCH_LIST`` names the GPUs to build for); ``1`` forces them (the build fails if it
+  cannot); ``0`` builds the CPU kernels only. Compiling the CUDA kernels takes most of an
+  install's time (minutes per architecture on a small machine), which a machine without a GPU
+  would spend for nothing.
+* ``TORCH_CUDA_ARCH_LIST``: honoured as usual. When unset and no GPU is visible (a build with
+  ``MESRGAN_CUDA=1``), the short default ``DEFAULT_ARCH_LIST`` below is used instead of torch's
+  long list.
 * ``CUDA_HOME``: the toolkit root. When unset and ``/usr/local/cuda/bin/nvcc`` exists, that
   toolkit is used (torch would otherwise guess from the ``nvcc`` on PATH, which can be a shim).
 * ``MESRGAN_PTXAS_VERBOSE=1``: print ptxas's register / spill / shared-memory report.
@@ -50,6 +54,10 @@ def want_cuda():
         if mode == "1":
             raise SystemExit("MESRGAN_CUDA=1 but the CUDA kernels cannot be built: " + "; ".join(reasons))
         log("CPU-only build: " + "; ".join(reasons))
+        return False
+    if mode == "auto" and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        log("CPU-only build: MESRGAN_CUDA=auto, no GPU is visible and TORCH_CUDA_ARCH_LIST is unset. "
+            "Set MESRGAN_CUDA=1 (or TORCH_CUDA_ARCH_LIST) to compile the CUDA kernels anyway")
         return False
     return True
 

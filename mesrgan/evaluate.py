@@ -2,6 +2,7 @@
 
     python -m mesrgan.evaluate --weights CKPT [--model NAME] [--data DIR] [--scale S] [--lr-data DIR]
                                [--save-dir DIR] [--json FILE] [--device DEV] [--metrics standard|paper]
+                               [--max-pixels N]
 
 For each HR image of ``--data`` (the held-out bundled photographs when it is left out), the HR is
 cropped to a multiple of the scale, LR = MATLAB-style bicubic downscaling of HR rounded to 8 bits
@@ -16,8 +17,11 @@ Metric conventions (see :mod:`mesrgan.metrics`):
 * ``--metrics paper``: the MESRGAN paper's Table II code: RGB, no crop, SSIM over the whole image as
   one window per channel; RMSE in 8-bit levels of RGB. Its SSIM is not comparable with standard SSIM.
 
-The exit status is 0 when every image was measured, 1 when some failed, 2 for a bad command line,
-checkpoint or data folder.
+An image whose header claims more than ``--max-pixels`` pixels is skipped unread (a guard against
+decompression bombs), like any unreadable one: the others are still measured, the table and
+``--json`` (written atomically) hold what was measured, and the failures are listed. ``--json`` and
+``--save-dir`` are checked before any work. The exit status is 0 when every image was measured, 1
+when some failed, 2 for a bad command line, checkpoint, data folder or output location.
 """
 from __future__ import annotations
 
@@ -31,7 +35,8 @@ import time
 import numpy as np
 import torch
 
-from .imageio import ImageReadError, is_image_file, read_image, write_image
+from .cli import check_dir, check_file, int_range, prepare_dir, prepare_file, write_text_atomic
+from .imageio import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, ImageReadError, is_image_file, read_image, write_image
 from .inference import UsageError, load_checkpoint, upscale_tensor
 from .metrics import psnr, rmse, ssim
 
@@ -59,7 +64,7 @@ def build_parser():
     p.add_argument("--model", default=None, help="preset name, needed only when the checkpoint does not say")
     p.add_argument("--data", default=None, metavar="DIR",
                    help="folder of HR images (default: the held-out bundled photographs)")
-    p.add_argument("--scale", type=int, default=None,
+    p.add_argument("--scale", type=int, choices=(1, 2, 4), default=None,
                    help="upscaling factor; must match the checkpoint's (default: the checkpoint's)")
     p.add_argument("--lr-data", default=None, metavar="DIR",
                    help="folder of paired LR images (same file stem, optionally with an x<scale> suffix); "
@@ -70,9 +75,13 @@ def build_parser():
                    help="standard (default): Y of BT.601, crop = scale, 11x11 Gaussian SSIM, as SR papers report; "
                         "paper: the MESRGAN paper's Table II code: RGB, no crop, whole-image SSIM")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (CUDA when available; default)")
-    p.add_argument("--tile", type=int, default=0,
+    p.add_argument("--tile", type=int_range(1, zero_ok=True), default=0,
                    help="run the model in tiles of this many LR pixels (default 0: whole images, exact)")
-    p.add_argument("--tile-pad", type=int, default=32, help="context pixels around each tile (default 32)")
+    p.add_argument("--tile-pad", type=int_range(0, 1024), default=32,
+                   help="context pixels around each tile, 0..1024 (default 32)")
+    p.add_argument("--max-pixels", type=int_range(0), default=None, metavar="N",
+                   help="skip images whose header claims more than N pixels, a guard against decompression bombs "
+                        f"(default: ${MAX_PIXELS_ENV} or Pillow's limit, {DEFAULT_MAX_PIXELS:,}; 0: no limit)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines, only the table")
     return p
 
@@ -184,7 +193,7 @@ def evaluate_images(generator, images, *, scale, lr_images=None, convention="sta
             if log:
                 log(f"[{i}/{len(images)}] {name}: PSNR {row['sr']['psnr']:.2f} dB "
                     f"(bicubic {row['bicubic']['psnr']:.2f}), {row['seconds']:.1f} s")
-        except (ImageReadError, ValueError, RuntimeError, OSError) as e:
+        except (ImageReadError, ValueError, RuntimeError, OSError, MemoryError) as e:
             failures.append((name, str(e)))
             if log:
                 log(f"[{i}/{len(images)}] {name}: error: {e}")
@@ -235,21 +244,21 @@ def _resolve_device(name):
     return device
 
 
-def _hr_reader(path):
-    return lambda: to_rgb_uint8(read_image(path).pixels)
+def _hr_reader(path, max_pixels):
+    return lambda: to_rgb_uint8(read_image(path, max_pixels=max_pixels).pixels)
 
 
 def run(args):
-    for name in ("tile", "tile_pad"):
-        if getattr(args, name) < 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    if args.scale is not None and args.scale < 1:
-        raise UsageError(f"--scale must be >= 1, got {args.scale}")
+    # output locations first, creating nothing: a bad one must not cost the whole evaluation
+    if args.save_dir is not None:
+        check_dir(args.save_dir, "--save-dir")
+    if args.json is not None:
+        check_file(args.json, "--json")
     device = _resolve_device(args.device)
     generator, info, scale = load_checkpoint(args.weights, args.model, device, args.scale)
     if args.data is not None:
         paths = _list_images(args.data, "--data")
-        images = [(os.path.splitext(os.path.basename(p))[0], _hr_reader(p)) for p in paths]
+        images = [(os.path.splitext(os.path.basename(p))[0], _hr_reader(p, args.max_pixels)) for p in paths]
         source = args.data
     else:
         from .data import bundled_images
@@ -260,9 +269,11 @@ def run(args):
         source = "the bundled held-out images"
     lr_images = None
     if args.lr_data is not None:
-        lr_images = {k: _hr_reader(p) for k, p in _lr_index(args.lr_data, scale).items()}
+        lr_images = {k: _hr_reader(p, args.max_pixels) for k, p in _lr_index(args.lr_data, scale).items()}
     if args.save_dir is not None:
-        os.makedirs(args.save_dir, exist_ok=True)
+        prepare_dir(args.save_dir, "--save-dir")
+    if args.json is not None:
+        prepare_file(args.json, "--json")
 
     def log(msg):
         if not args.quiet:
@@ -291,9 +302,13 @@ def run(args):
             "mean": {"sr": mean_of(rows, "sr"), "bicubic": mean_of(rows, "bicubic")} if rows else None,
             "failures": [{"name": n, "error": m} for n, m in failures],
         }
-        with open(args.json, "w") as f:
+        try:
             # inf (identical images) is not JSON: write it as null
-            json.dump(_finite(report), f, indent=2)
+            write_text_atomic(args.json, json.dumps(_finite(report), indent=2))
+        except OSError as e:
+            print(f"error: --json {args.json}: cannot write the report ({e.strerror or e}); the table above "
+                  "holds the numbers", file=sys.stderr)
+            return 1
     return 1 if failures or not rows else 0
 
 

@@ -2,14 +2,18 @@
 
     python -m mesrgan.upscale INPUT... -o OUTPUT --weights CKPT [--model NAME] [--scale S]
                               [--tile N] [--tile-pad P] [--half | --dtype DTYPE] [--device DEV]
+                              [--max-pixels N]
 
 INPUT: image files and/or folders (their images, not recursive). OUTPUT: a folder (created), or a
 file name when there is exactly one input file. Each output keeps its input's format where the
 format can hold the result (PNG, JPEG, WebP, BMP, TIFF, PPM; others become PNG), its channels
 (grey stays grey, alpha is upscaled with bicubic resampling) and its bit depth (16-bit PNG stays
 16-bit). Large images go through the model in overlapping tiles (``--tile``), so memory does not
-grow with the image. A file that fails is reported and skipped; the exit status is 1 when any
-failed, 2 for a bad command line or checkpoint.
+grow with the image, and each tile goes straight into the 8- or 16-bit result, so the memory used
+is about the output image plus a few tiles. An input whose header claims more than ``--max-pixels``
+pixels is skipped unread (a guard against decompression bombs). The output location is checked
+before anything is loaded. A file that fails is reported and skipped, and every failure is listed
+at the end; the exit status is 1 when any failed, 2 for a bad command line or checkpoint.
 """
 from __future__ import annotations
 
@@ -20,7 +24,9 @@ import time
 
 import torch
 
-from .imageio import ImageReadError, is_image_file, read_image, write_image
+from .cli import check_dir, check_file, int_range, prepare_dir, prepare_file
+from .imageio import (DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, ImageReadError, is_image_file, read_image_samples,
+                      write_image)
 from .inference import upscale_tensor  # noqa: F401  (re-exported: mesrgan.upscale.upscale_tensor)
 from .inference import UsageError, load_checkpoint, upscale_pixels
 
@@ -43,12 +49,12 @@ def build_parser():
                         "or published ESRGAN RRDBNet weights")
     p.add_argument("--model", default=None, help="preset name, needed only when the checkpoint does not say "
                    "(srgan, esrgan, mesrgan, esrgan-paper, mesrgan-paper)")
-    p.add_argument("--scale", type=int, default=None,
+    p.add_argument("--scale", type=int, choices=(1, 2, 4), default=None,
                    help="expected upscaling factor; an error if the checkpoint's differs (default: the checkpoint's)")
-    p.add_argument("--tile", type=int, default=256,
+    p.add_argument("--tile", type=int_range(1, zero_ok=True), default=256,
                    help="tile size in input pixels; 0 processes each image whole (default 256)")
-    p.add_argument("--tile-pad", type=int, default=16,
-                   help="context pixels around each tile, cropped after upscaling (default 16)")
+    p.add_argument("--tile-pad", type=int_range(0, 1024), default=16,
+                   help="context pixels around each tile, cropped after upscaling, 0..1024 (default 16)")
     prec = p.add_mutually_exclusive_group()
     prec.add_argument("--half", action="store_true", help="float16 inference (CUDA only); same as --dtype float16")
     prec.add_argument("--dtype", choices=sorted(_DTYPES), default=None,
@@ -59,7 +65,10 @@ def build_parser():
     p.add_argument("--format", dest="out_format", default="auto",
                    choices=["auto", "png", "jpg", "webp", "bmp", "tif"],
                    help="output format (default auto: the input's own; GIF, TGA and other formats become PNG)")
-    p.add_argument("--quality", type=int, default=95, help="JPEG / WebP quality (default 95)")
+    p.add_argument("--quality", type=int_range(1, 100), default=95, help="JPEG / WebP quality, 1..100 (default 95)")
+    p.add_argument("--max-pixels", type=int_range(0), default=None, metavar="N",
+                   help="skip inputs whose header claims more than N pixels, a guard against decompression bombs "
+                        f"(default: ${MAX_PIXELS_ENV} or Pillow's limit, {DEFAULT_MAX_PIXELS:,}; 0: no limit)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors and the final summary")
     return p
 
@@ -102,21 +111,21 @@ def _collect_inputs(inputs):
     return found
 
 
-def _output_path(src, loaded, args, scale, single_file_output):
+def _output_path(src, fmt, bit_depth, channels, args, scale, single_file_output):
     if single_file_output:
         return args.output
     stem = os.path.splitext(os.path.basename(src))[0]
     suffix = f"_x{scale}" if args.suffix is None else args.suffix
     if args.out_format != "auto":
         ext = "." + args.out_format
-    elif loaded.bit_depth == 16:
+    elif bit_depth == 16:
         ext = ".png"  # the 16-bit writer is PNG-only
     else:
-        ext = _KEEP_FORMATS.get(loaded.format, ".png")
+        ext = _KEEP_FORMATS.get(fmt, ".png")
         src_ext = os.path.splitext(src)[1].lower()
         if ext in (".jpg", ".tif") and src_ext in (".jpeg", ".jpg", ".tif", ".tiff"):
             ext = src_ext  # keep the spelling of the input
-    if ext in (".jpg", ".jpeg") and loaded.pixels.shape[2] in (2, 4):
+    if ext in (".jpg", ".jpeg") and channels in (2, 4):
         ext = ".png"  # JPEG has no alpha
     return os.path.join(args.output, stem + suffix + ext)
 
@@ -126,60 +135,82 @@ def _log(args, msg):
         print(msg, file=sys.stderr, flush=True)
 
 
-def run(args):
-    """Returns the exit status."""
-    if args.tile < 0 or args.tile_pad < 0:
-        raise UsageError(f"--tile and --tile-pad must be >= 0, got {args.tile} and {args.tile_pad}")
-    device = _resolve_device(args.device)
-    dtype = _resolve_dtype(args, device)
-    jobs = _collect_inputs(args.inputs)
+def _check_output(args, jobs):
+    """Whether -o names one output file; a location that cannot be written is refused here, before
+    any work (nothing is created yet: a bad checkpoint must leave no empty folder behind)."""
     single_file_output = (len(jobs) == 1 and not os.path.isdir(args.inputs[0]) and is_image_file(args.output)
                           and not os.path.isdir(args.output))
     if not single_file_output and is_image_file(args.output) and not os.path.isdir(args.output):
         raise UsageError(f"-o {args.output}: a file name needs exactly one input file; got {len(jobs)} inputs "
                          "(pass a folder to -o)")
+    (check_file if single_file_output else check_dir)(args.output, "-o")
+    return single_file_output
+
+
+def _upscale_one(src, generator, args, scale, single_file_output, produced, progress):
+    """Read, upscale and write one image; returns ``(dst, (w, h), (W, H))``."""
+    # the stored samples, not float pixels: a float copy of a big input is 4x its 8-bit size
+    samples, in_depth, fmt = read_image_samples(src, max_pixels=args.max_pixels)
+    h, w, channels = samples.shape
+    dst = _output_path(src, fmt, in_depth, channels, args, scale, single_file_output)
+    if os.path.abspath(dst) == os.path.abspath(src):
+        raise ValueError(f"output {dst} would overwrite its input; choose another -o or --suffix")
+    if os.path.abspath(dst) in produced:
+        raise ValueError(f"output {dst} was already written for {produced[os.path.abspath(dst)]} "
+                         "(same file name in two input folders)")
+    # 16 bits only where the writer can store them (PNG); other formats get 8
+    bit_depth = in_depth if dst.lower().endswith(".png") else 8
+    try:
+        sr = upscale_pixels(generator, samples, tile=args.tile, tile_pad=args.tile_pad, progress=progress,
+                            bit_depth=bit_depth)
+    except torch.OutOfMemoryError as e:
+        raise RuntimeError(f"out of memory on {_device_of(generator)}; try a smaller --tile "
+                           f"(now {args.tile})") from e
+    del samples
+    write_image(dst, sr, bit_depth=bit_depth, quality=args.quality)
+    produced[os.path.abspath(dst)] = src
+    return dst, (w, h), (sr.shape[1], sr.shape[0])
+
+
+def _device_of(generator):
+    p = next(iter(generator.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def run(args):
+    """Returns the exit status."""
+    device = _resolve_device(args.device)
+    dtype = _resolve_dtype(args, device)
+    jobs = _collect_inputs(args.inputs)
+    single_file_output = _check_output(args, jobs)
     generator, info, _ = load_checkpoint(args.weights, args.model, device, args.scale)
     generator = generator.to(dtype=dtype)
+    (prepare_file if single_file_output else prepare_dir)(args.output, "-o")
     scale = info["config"].get("scale", args.scale)
     _log(args, f"model: {info['model']} x{scale} from {args.weights} on {device} ({str(dtype).replace('torch.', '')})"
                f", tile {args.tile or 'off'}, tile pad {args.tile_pad}")
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)) if single_file_output else args.output, exist_ok=True)
     interactive = sys.stderr.isatty() and not args.quiet
     failures, written, produced = [], [], {}
     n = len(jobs)
     for i, (src, error) in enumerate(jobs, 1):
         t0 = time.perf_counter()
+
+        def progress(done, total, i=i, src=src):
+            if interactive and total > 1:
+                print(f"\r[{i}/{n}] {src}: tile {done}/{total}", end="", file=sys.stderr, flush=True)
+
         try:
             if error:
                 raise ImageReadError(f"{src}: {error}")
-            loaded = read_image(src)
-            dst = _output_path(src, loaded, args, scale, single_file_output)
-            if os.path.abspath(dst) == os.path.abspath(src):
-                raise ValueError(f"output {dst} would overwrite its input; choose another -o or --suffix")
-            if os.path.abspath(dst) in produced:
-                raise ValueError(f"output {dst} was already written for {produced[os.path.abspath(dst)]} "
-                                 "(same file name in two input folders)")
-
-            def progress(done, total, i=i, src=src):
-                if interactive and total > 1:
-                    print(f"\r[{i}/{n}] {src}: tile {done}/{total}", end="", file=sys.stderr, flush=True)
-
-            try:
-                sr = upscale_pixels(generator, loaded.pixels, tile=args.tile, tile_pad=args.tile_pad,
-                                    progress=progress)
-            except torch.OutOfMemoryError as e:
-                raise RuntimeError(f"out of memory on {device}; try a smaller --tile (now {args.tile})") from e
+            dst, (w, h), (sw, sh) = _upscale_one(src, generator, args, scale, single_file_output, produced,
+                                                 progress)
             if interactive:
                 print("\r\033[K", end="", file=sys.stderr)  # clear the tile counter
-            # 16 bits only where the writer can store them (PNG); other formats get 8
-            bit_depth = loaded.bit_depth if dst.lower().endswith(".png") else 8
-            write_image(dst, sr, bit_depth=bit_depth, quality=args.quality)
-            produced[os.path.abspath(dst)] = src
             written.append(dst)
-            h, w = loaded.pixels.shape[:2]
-            _log(args, f"[{i}/{n}] {src} -> {dst} ({w}x{h} -> {sr.shape[1]}x{sr.shape[0]}, "
-                       f"{time.perf_counter() - t0:.1f} s)")
+            _log(args, f"[{i}/{n}] {src} -> {dst} ({w}x{h} -> {sw}x{sh}, {time.perf_counter() - t0:.1f} s)")
         except (ImageReadError, ValueError, RuntimeError, OSError, MemoryError) as e:
+            if interactive:
+                print("\r\033[K", end="", file=sys.stderr)
             msg = str(e) if str(e).startswith(str(src)) else f"{src}: {e}"
             failures.append(msg)
             print(f"[{i}/{n}] error: {msg}", file=sys.stderr, flush=True)

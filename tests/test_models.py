@@ -283,8 +283,12 @@ def test_vgg_extractor_says_both_ways_when_offline(monkeypatch):
 # Checkpoints
 
 
-def _published_rrdbnet_state(features=16, growth=8, num_blocks=2, dense_blocks=3, scale=4, names="basicsr"):
-    """Random tensors under the public ESRGAN / Real-ESRGAN key names (not built from our classes)."""
+def _published_rrdbnet_state(features=16, growth=8, num_blocks=2, dense_blocks=3, scale=4, names="basicsr",
+                             unshuffle=1):
+    """Random tensors under the public ESRGAN / Real-ESRGAN key names (not built from our classes).
+
+    ``unshuffle`` 2 or 4: Real-ESRGAN's x2 / x1 layout, conv_first on 3 * unshuffle**2 channels
+    and the x4 upsamplers."""
     def conv(cin, cout):
         return torch.randn(cout, cin, 3, 3) * 0.05, torch.randn(cout) * 0.01
 
@@ -295,13 +299,13 @@ def _published_rrdbnet_state(features=16, growth=8, num_blocks=2, dense_blocks=3
 
     trunk, rdb, body, ups, hr = (("body", "rdb", "conv_body", "conv_up", "conv_hr") if names == "basicsr" else
                                  ("RRDB_trunk", "RDB", "trunk_conv", "upconv", "HRconv"))
-    put("conv_first", 3, features)
+    put("conv_first", 3 * unshuffle ** 2, features)
     for i in range(num_blocks):
         for j in range(1, dense_blocks + 1):
             for k in range(1, 6):
                 put(f"{trunk}.{i}.{rdb}{j}.conv{k}", features + (k - 1) * growth, features if k == 5 else growth)
     put(body, features, features)
-    for u in range(1, int(math.log2(scale)) + 1):
+    for u in range(1, (2 if unshuffle > 1 else int(math.log2(scale))) + 1):
         put(f"{ups}{u}", features, features)
     put(hr, features, features)
     put("conv_last", features, 3)
@@ -344,6 +348,32 @@ def test_load_published_rrdbnet_layout(scale, wrapper):
         torch.testing.assert_close(model(x), _rrdbnet_reference(state, x, 2, 3, scale), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("scale", [2, 1])
+@pytest.mark.parametrize("size", [(8, 12), (7, 10), (9, 13)])
+def test_load_real_esrgan_x2_x1(scale, size):
+    """Real-ESRGAN's x2 / x1 RRDBNet: pixel-unshuffle by 4 / scale, then the x4 network; inputs of
+    other sizes are reflect-padded to a multiple and the output cropped, as Real-ESRGAN does."""
+    f = 4 // scale
+    state = _published_rrdbnet_state(num_blocks=1, dense_blocks=2, unshuffle=f)
+    model, info = load_generator({"params_ema": state})
+    assert info["model"] == "esrgan"
+    assert {k: info["config"][k] for k in ("in_channels", "scale", "unshuffle_input", "dense_blocks")} == {
+        "in_channels": 3, "scale": scale, "unshuffle_input": True, "dense_blocks": 2}
+    h, w = size
+    x = torch.rand(1, 3, h, w)
+    padded = F.pad(x, (0, -w % f, 0, -h % f), mode="reflect")
+    want = _rrdbnet_reference(state, F.pixel_unshuffle(padded, f), 1, 2, 4)[..., :h * scale, :w * scale]
+    with torch.no_grad():
+        got = model(x)
+    assert got.shape == (1, 3, h * scale, w * scale)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_unshuffle_input_needs_scale_1_or_2():
+    with pytest.raises(ValueError, match=r"scale must be 1 or 2 with unshuffle_input"):
+        build_generator("esrgan", scale=4, unshuffle_input=True)
+
+
 def test_load_esrgan_repo_names():
     state = _published_rrdbnet_state(names="esrgan-repo", dense_blocks=1)
     model, info = load_generator({"params_ema": state}, model="esrgan")
@@ -364,9 +394,6 @@ def test_load_rejects_mismatched_and_unsupported_state_dicts(tmp_path):
         load_generator(missing)
     with pytest.raises(RuntimeError, match=r"does not fit generator 'esrgan'"):
         load_generator(state, num_blocks=3)
-    unshuffle = dict(state, **{"conv_first.weight": torch.randn(16, 12, 3, 3)})
-    with pytest.raises(ValueError, match=r"12-channel input.*pixel-unshuffles"):
-        load_generator(unshuffle)
     with pytest.raises(ValueError, match=r"cannot tell which generator.*pass model="):
         load_generator({"weight": torch.randn(3)})
     with pytest.raises(ValueError, match=r"model='mesrgan' was asked for, but the checkpoint holds a 'esrgan'"):

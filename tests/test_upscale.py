@@ -345,7 +345,6 @@ def test_cli_single_file_output_and_progress(tmp_path, ckpt, capsys):
     (["--half"], r"--half: half precision \(float16 / bfloat16\) inference is CUDA-only"),
     (["--dtype", "bfloat16"], "CUDA-only"),
     (["--scale", "2"], "--scale 2: the checkpoint .* holds a x4 esrgan generator"),
-    (["--tile", "-1"], "--tile and --tile-pad must be >= 0"),
 ])
 def test_cli_usage_errors(tmp_path, ckpt, capsys, flags, message):
     if torch.cuda.is_available() and "CUDA-only" in message:

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
+from ..imageio import ImageTooLargeError, check_image, read_image_samples, to_samples
 from .resize import imresize
 
 __all__ = ["IMAGE_EXTENSIONS", "find_images", "load_image", "scan_images", "match_pairs",
@@ -29,56 +30,72 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 def find_images(dirs) -> list[str]:
     """All image files (``IMAGE_EXTENSIONS``, any case) under ``dirs``, recursively, sorted.
 
+    Symbolic links are followed, but no directory is entered twice (directories are told apart
+    by device and inode), so a link to ``.`` or to a parent adds nothing and cannot loop, and an
+    image file reached by two paths is listed once.
+
     Args:
         dirs: one folder or a list of folders. A missing folder is an error.
     """
     if isinstance(dirs, (str, os.PathLike)):
         dirs = [dirs]
-    found = []
+    found, seen_dirs, seen_files = [], set(), set()
     for d in dirs:
         d = os.fspath(d)
         if not os.path.isdir(d):
             raise FileNotFoundError(f"data folder {d!r} does not exist or is not a folder")
         for root, subdirs, files in os.walk(d, followlinks=True):
+            st = os.stat(root)
+            if (st.st_dev, st.st_ino) in seen_dirs:
+                subdirs[:] = []  # a loop, or a folder already walked through another link
+                continue
+            seen_dirs.add((st.st_dev, st.st_ino))
             subdirs.sort()
-            found.extend(os.path.join(root, f) for f in sorted(files)
-                         if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+            for f in sorted(files):
+                if not f.lower().endswith(IMAGE_EXTENSIONS) or f.startswith("."):
+                    continue
+                path = os.path.join(root, f)
+                try:
+                    fst = os.stat(path)
+                    key = (fst.st_dev, fst.st_ino)
+                except OSError:
+                    key = path  # a broken link: listed, and reported as unreadable when scanned
+                if key not in seen_files:
+                    seen_files.add(key)
+                    found.append(path)
     return found
 
 
-def _to_uint8_rgb(im: Image.Image) -> np.ndarray:
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit grayscale: keep the top 8 bits (Pillow's convert("L") would clip at 255).
-        a = np.asarray(im, dtype=np.float64)
-        a = np.clip(np.rint(a / 257.0), 0, 255).astype(np.uint8)
-        return np.repeat(a[:, :, None], 3, axis=2)
-    if im.mode == "P" and "transparency" in im.info:
-        im = im.convert("RGBA")
-    # Alpha is dropped (the colour channels are kept as stored), grayscale and palette are
-    # expanded to three channels, CMYK/YCbCr are converted.
-    return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+def _to_uint8_rgb(samples: np.ndarray) -> np.ndarray:
+    """uint8 / uint16 ``(H, W, C)`` samples -> uint8 RGB: grey repeated, alpha dropped (the colour
+    channels are kept as stored), 16 bits rounded to 8."""
+    samples = to_samples(samples, 8)
+    rgb = samples[..., :3] if samples.shape[2] >= 3 else np.repeat(samples[..., :1], 3, axis=2)
+    return np.ascontiguousarray(rgb, dtype=np.uint8)
 
 
-def load_image(path: str) -> np.ndarray:
-    """Decode an image file to an ``(H, W, 3)`` uint8 RGB array (grayscale/alpha converted)."""
-    with Image.open(path) as im:
-        im.load()
-        return _to_uint8_rgb(im)
+def load_image(path: str, max_pixels: int | None = None) -> np.ndarray:
+    """Decode an image file to an ``(H, W, 3)`` uint8 RGB array (grayscale/alpha converted).
+
+    Reads with :func:`mesrgan.imageio.read_image_samples` (EXIF orientation applied, the pixel
+    budget ``max_pixels`` checked first; None: the default budget).
+    """
+    samples, _, _ = read_image_samples(path, max_pixels=max_pixels)
+    return _to_uint8_rgb(samples)
 
 
-def _image_size(path: str) -> tuple[int, int]:
-    """(width, height) of an image, checking that the file is not truncated or corrupt."""
-    with Image.open(path) as im:
-        size = im.size
-        im.verify()
-    return size
+def _image_size(path: str, max_pixels: int | None = None) -> tuple[int, int]:
+    """(width, height) of an image within the pixel budget, checking that the file is not
+    truncated or corrupt (:func:`mesrgan.imageio.check_image`)."""
+    return check_image(path, max_pixels=max_pixels)
 
 
-def scan_images(paths, min_size: int, what: str = "HR"):
+def scan_images(paths, min_size: int, what: str = "HR", max_pixels: int | None = None):
     """Keep the readable images of at least ``min_size`` pixels on both sides.
 
-    Unreadable or corrupt files are skipped with a warning naming each of them; images that are
-    too small are skipped with one warning that counts them.
+    Unreadable or corrupt files, and images over the pixel budget ``max_pixels`` (None: the
+    default budget of :mod:`mesrgan.imageio`), are skipped with a warning naming each of them;
+    images that are too small are skipped with one warning that counts them.
 
     Returns:
         list of ``(path, (width, height))``.
@@ -86,7 +103,11 @@ def scan_images(paths, min_size: int, what: str = "HR"):
     kept, small, bad = [], 0, []
     for p in paths:
         try:
-            w, h = _image_size(p)
+            w, h = _image_size(p, max_pixels)
+        except ImageTooLargeError as e:
+            bad.append(p)
+            warnings.warn(f"skipping image: {e}", stacklevel=2)
+            continue
         except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
             bad.append(p)
             warnings.warn(f"skipping unreadable image {p}: {e}", stacklevel=2)
@@ -168,11 +189,13 @@ class CropDataset(torch.utils.data.Dataset):
     Without paired LR images the LR crop is ``imresize(HR crop, 1/scale)``, rounded to 8 bits
     (``quantize_lr``) as a saved LR image would be.
 
-    Build it with :meth:`from_folders`, :meth:`from_arrays` or :meth:`from_pairs`.
+    Build it with :meth:`from_folders`, :meth:`from_arrays` or :meth:`from_pairs`. ``max_pixels``
+    is the pixel budget of each image file (None: :func:`mesrgan.imageio.default_max_pixels`,
+    which ``MESRGAN_MAX_PIXELS`` sets); files over it are skipped with a warning when scanned.
     """
 
     def __init__(self, sources, crop_size: int, scale: int, *, seed: int = 0, augment: bool = True,
-                 quantize_lr: bool = True, cache: bool = False):
+                 quantize_lr: bool = True, cache: bool = False, max_pixels: int | None = None):
         if crop_size % scale:
             raise ValueError(f"crop_size must be a multiple of scale: got crop_size={crop_size}, "
                              f"scale={scale}")
@@ -184,6 +207,7 @@ class CropDataset(torch.utils.data.Dataset):
         self._perm_epoch, self._perm = -1, None
         self._cache = {} if cache else None
         self._bad = set()
+        self.max_pixels = max_pixels
 
     # ---- constructors -------------------------------------------------------------------
     @classmethod
@@ -192,7 +216,7 @@ class CropDataset(torch.utils.data.Dataset):
         if not paths:
             raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under "
                                     f"{', '.join(map(str, dirs))}")
-        kept = scan_images(paths, crop_size)
+        kept = scan_images(paths, crop_size, max_pixels=kw.get("max_pixels"))
         if not kept:
             raise ValueError(f"none of the {len(paths)} image file(s) under {', '.join(map(str, dirs))} "
                              f"is readable and at least {crop_size}x{crop_size} pixels")
@@ -212,8 +236,10 @@ class CropDataset(torch.utils.data.Dataset):
         pairs = match_pairs(list(hr_dirs), list(lr_dirs), scale)
         if not pairs:
             raise FileNotFoundError(f"no images found under {', '.join(map(str, hr_dirs))}")
-        sizes = dict(scan_images([h for h, _ in pairs], crop_size))
-        lr_ok = dict(scan_images([l for h, l in pairs if h in sizes], crop_size // scale, what="LR"))
+        budget = kw.get("max_pixels")
+        sizes = dict(scan_images([h for h, _ in pairs], crop_size, max_pixels=budget))
+        lr_ok = dict(scan_images([l for h, l in pairs if h in sizes], crop_size // scale, what="LR",
+                                 max_pixels=budget))
         sources = []
         for h, l in pairs:
             if h in sizes and l in lr_ok:
@@ -241,7 +267,7 @@ class CropDataset(torch.utils.data.Dataset):
             return src
         if self._cache is not None and src in self._cache:
             return self._cache[src]
-        a = load_image(src)
+        a = load_image(src, self.max_pixels)
         if self._cache is not None:
             self._cache[src] = a
         return a

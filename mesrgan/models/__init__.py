@@ -5,6 +5,7 @@ arguments are the config keys. ``python -m mesrgan.models --report`` prints para
 """
 from .blocks import BottleneckResidualBlock, DenseBlock, PixelShuffleUpsampler, scaled_kaiming_init_
 from .checkpoint import CheckpointNotFoundError, generator_checkpoint, infer_generator, load_generator
+from .checkpoint import CheckpointError, read_checkpoint
 from .compute import compute_report, count_macs, format_compute_table, layer_macs
 from .discriminators import SRGANDiscriminator, VGGStyleDiscriminator
 from .presets import DISCRIMINATORS, GENERATORS, build_discriminator, build_generator, generator_config
@@ -19,3 +20,4 @@ __all__ = [
     "build_generator", "compute_report", "count_macs", "format_compute_table", "generator_checkpoint",
     "generator_config", "infer_generator", "layer_macs", "load_generator", "scaled_kaiming_init_",
 ]
+__all__ += ["CheckpointError", "read_checkpoint"]

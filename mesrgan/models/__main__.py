@@ -1,13 +1,15 @@
 """``python -m mesrgan.models --report``: parameters and MACs of every generator, as measured."""
 import argparse
 
+from ..cli import int_range
 from .compute import compute_report, format_compute_table, layer_macs
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m mesrgan.models", description=__doc__)
     parser.add_argument("--report", action="store_true", help="print the compute table (markdown)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 128], help="LR input sides (default: 32 128)")
+    parser.add_argument("--sizes", type=int_range(1, 4096), nargs="+", default=[32, 128],
+                        help="LR input sides, 1..4096 (default: 32 128)")
     parser.add_argument("--scale", type=int, default=4, choices=(2, 4))
     args = parser.parse_args(argv)
     if not args.report:

@@ -9,6 +9,7 @@ Training checkpoints carry the same keys plus their own (optimiser state, "gener
 """
 import os
 import re
+import warnings
 from collections.abc import Mapping
 
 import torch
@@ -45,18 +46,78 @@ def generator_checkpoint(model_name, generator, config):
     return {"format": FORMAT, "model": model_name, "config": config, "generator": generator.state_dict()}
 
 
+class CheckpointError(ValueError):
+    """A file that is not a usable checkpoint; the message is one line naming the file and what it holds."""
+
+
+def _describe(obj):
+    """A few words on what a loaded object is, for error messages."""
+    if obj is None:
+        return "None"
+    if isinstance(obj, torch.Tensor):
+        return f"a bare tensor of shape {tuple(obj.shape)}"
+    if isinstance(obj, Mapping):
+        return "an empty dict" if not obj else f"a dict with keys such as {list(obj)[:3]}"
+    if isinstance(obj, (list, tuple)):
+        return f"a {type(obj).__name__} of {len(obj)} item{'s' if len(obj) != 1 else ''}"
+    if isinstance(obj, (str, bytes)):
+        return f"a {type(obj).__name__} ({obj[:20]!r}{'...' if len(obj) > 20 else ''})"
+    return f"a {type(obj).__name__}"
+
+
+def _load_refusal(exc):
+    """One line on why ``torch.load(weights_only=True)`` refused a file (its own message runs to a paragraph)."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+    elif isinstance(exc, EOFError):
+        text = "the file is empty or cut short"
+    text = " ".join(text.split())
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
+
+def read_checkpoint(path, *, require=()) -> Mapping:
+    """Load a checkpoint file that must hold a dict, refusing anything else in one line.
+
+    Reads with ``torch.load(weights_only=True)`` (no code in the file can run) onto the CPU.
+
+    Args:
+        path: the file.
+        require: keys the dict must have (e.g. a training checkpoint's ``"optimizer_g"``).
+
+    Returns:
+        the loaded dict.
+
+    Raises:
+        CheckpointNotFoundError for a missing file; CheckpointError (a ValueError) naming the file
+        and what it holds when it is not a torch file of tensors, not a dict, or lacks a required key.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        what = "is a folder, not a checkpoint file" if os.path.isdir(path) else "does not exist"
+        raise CheckpointNotFoundError(2, f"checkpoint {path!r} {what}", path)
+    try:
+        with warnings.catch_warnings():
+            # "Detected pickle protocol 4" and the like: the refusal below says what matters
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many kinds for files that are not its own
+        raise CheckpointError(f"cannot load {path!r}: not a torch checkpoint of tensors "
+                              f"({_load_refusal(exc)})") from None
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"cannot load {path!r}: it holds {_describe(obj)}, not a checkpoint (a dict of tensors)")
+    missing = [k for k in require if k not in obj]
+    if missing:
+        raise CheckpointError(f"cannot load {path!r}: it holds {_describe(obj)}, without the key(s) {missing} "
+                              "this needs")
+    return obj
+
+
 def _read(source):
     if isinstance(source, Mapping):
         return source
     if isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source)
-        if not os.path.isfile(path):
-            raise CheckpointNotFoundError(2, f"load_generator: checkpoint file {path!r} does not exist", path)
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise RuntimeError(f"load_generator: could not read {path!r} as a torch checkpoint of tensors "
-                               f"({type(exc).__name__}: {exc})") from exc
+        return read_checkpoint(source)
     raise TypeError(f"source must be a path or a dict, got {type(source).__name__}")
 
 
@@ -104,17 +165,18 @@ def infer_generator(state):
         w = state["conv_first.weight"]
         features, in_channels = int(w.shape[0]), int(w.shape[1])
         out_channels = int(state["conv_last.weight"].shape[0]) if "conv_last.weight" in state else in_channels
-        if in_channels in (4 * out_channels, 16 * out_channels):
-            raise ValueError(
-                f"this RRDBNet state dict takes {in_channels}-channel input for {out_channels}-channel output: "
-                f"a Real-ESRGAN x{4 if in_channels == 4 * out_channels else 1}-style model that pixel-unshuffles "
-                f"its input. That layout is not supported; use an x4 checkpoint (conv_first takes "
-                f"{out_channels} channels)")
         blocks = _indices(state, r"^body\.(\d+)\.rdb\d+\.")
         dense = _indices(state, r"^body\.0\.rdb(\d+)\.")
         config = {"in_channels": in_channels, "out_channels": out_channels, "features": features,
                   "num_blocks": len(blocks) or 1, "dense_blocks": len(dense) or 1,
                   "scale": 4 if "conv_up2.weight" in state else 2}
+        # Real-ESRGAN's x2 / x1 models: a x4 body behind a pixel unshuffle by 2 / 4 of the input
+        unshuffled = {4 * out_channels: 2, 16 * out_channels: 1}.get(in_channels)
+        if unshuffled is not None and "conv_up2.weight" in state:
+            if "body.0.rdb1.conv1.weight" not in state:
+                raise ValueError(f"this state dict pixel-unshuffles its {out_channels}-channel input into "
+                                 f"{in_channels} channels, a layout only the esrgan (RRDBNet) generator has")
+            config.update(in_channels=out_channels, scale=unshuffled, unshuffle_input=True)
         if "body.0.rdb1.conv1.weight" in state:
             config["growth"] = int(state["body.0.rdb1.conv1.weight"].shape[0])
             return "esrgan", config
@@ -206,6 +268,8 @@ def load_generator(source, model=None, device="cpu", **overrides):
                 fmt, state = wrapper, obj[wrapper]
                 break
         stored_model, config = None, {}
+    if not state or not all(isinstance(k, str) for k in state):
+        raise ValueError(f"expected a generator state dict (parameter name -> tensor), found {_describe(state)}")
     if not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError("expected a generator state dict (parameter name -> tensor), found non-tensor values "
                          f"under keys such as {[k for k, v in state.items() if not isinstance(v, torch.Tensor)][:3]}")

@@ -61,32 +61,48 @@ class RRDBNet(nn.Module):
     conv_first → ``num_blocks`` RRDBs → conv_body, plus the long skip → (nearest ×2 → conv →
     LeakyReLU) once per factor 2 → conv_hr → LeakyReLU → conv_last.
 
+    Real-ESRGAN's ×2 and ×1 models (``unshuffle_input=True``) keep the ×4 body and first
+    pixel-unshuffle the input by ``4 / scale`` (conv_first then takes 12 or 48 channels). Their
+    input is reflect-padded at the bottom and right to a multiple of that factor, as Real-ESRGAN's
+    inference pads it, and the output cropped back to ``scale·H x scale·W``.
+
     Args:
         in_channels, out_channels: image channels.
         features: trunk width F (64).
         num_blocks: RRDBs (23).
         growth: dense-block growth G (32).
         dense_blocks: dense blocks per RRDB (3 in ESRGAN; preset "esrgan" uses the paper's 1).
-        scale: 2 (conv_up1 only) or 4 (conv_up1 and conv_up2).
+        scale: 2 (conv_up1 only) or 4 (conv_up1 and conv_up2); with ``unshuffle_input``, 1 or 2.
         res_scale: residual scaling of dense blocks and RRDBs (0.2).
+        unshuffle_input: Real-ESRGAN's ×2 / ×1 layout (above).
     """
 
     def __init__(self, in_channels=3, out_channels=3, features=64, num_blocks=23, growth=32, dense_blocks=3,
-                 scale=4, res_scale=0.2):
+                 scale=4, res_scale=0.2, unshuffle_input=False):
         super().__init__()
         _check_common(in_channels, out_channels, features, num_blocks, growth)
         self._build(in_channels, out_channels, features, num_blocks, growth, dense_blocks, scale, res_scale,
-                    conv3x3, True)
+                    conv3x3, True, unshuffle_input)
 
     def _build(self, in_channels, out_channels, features, num_blocks, growth, dense_blocks, scale, res_scale,
-               layer, activation):
-        self.scale = check_scale(scale)
-        self.conv_first = nn.Conv2d(in_channels, features, 3, padding=1)
+               layer, activation, unshuffle_input=False):
+        if unshuffle_input:
+            if isinstance(scale, bool) or scale not in (1, 2):
+                raise ValueError(f"scale must be 1 or 2 with unshuffle_input (Real-ESRGAN's x1 / x2 layout), "
+                                 f"got {scale!r}")
+            self.scale, self.unshuffle = scale, 4 // scale
+        else:
+            self.scale, self.unshuffle = check_scale(scale), 1
+        # the tiler (mesrgan.inference) starts tiles on multiples of this, so that every tile is
+        # unshuffled in the same phase as the whole image
+        self.input_multiple = self.unshuffle
+        self.up_stages = 2 if unshuffle_input else int(math.log2(self.scale))
+        self.conv_first = nn.Conv2d(in_channels * self.unshuffle ** 2, features, 3, padding=1)
         self.body = nn.Sequential(*(RRDB(features, growth, dense_blocks, res_scale, layer, activation)
                                     for _ in range(num_blocks)))
         self.conv_body = nn.Conv2d(features, features, 3, padding=1)
         self.conv_up1 = nn.Conv2d(features, features, 3, padding=1)
-        if scale == 4:
+        if self.up_stages == 2:
             self.conv_up2 = nn.Conv2d(features, features, 3, padding=1)
         self.conv_hr = nn.Conv2d(features, features, 3, padding=1)
         self.conv_last = nn.Conv2d(features, out_channels, 3, padding=1)
@@ -95,12 +111,21 @@ class RRDBNet(nn.Module):
         # Computed in the fastest layout for the device (blocks.inner_memory_format); the result
         # comes back in x's memory format.
         out_format = callers_memory_format(x)
+        h, w = x.shape[-2:]
+        if self.unshuffle > 1:
+            # pads of 0 where the size is already a multiple: no branch on the size, so that the
+            # graph stays valid for every size when exported
+            f = self.unshuffle
+            x = F.pixel_unshuffle(F.pad(x, (0, (f - w % f) % f, 0, (f - h % f) % f), mode="reflect"), f)
         feat = self.conv_first(x.contiguous(memory_format=inner_memory_format(x)))
         feat = feat + self.conv_body(self.body(feat))
-        for k in range(1, int(math.log2(self.scale)) + 1):
+        for k in range(1, self.up_stages + 1):
             up = F.interpolate(feat, scale_factor=2, mode="nearest")
             feat = F.leaky_relu(getattr(self, f"conv_up{k}")(up), 0.2)
-        return self.conv_last(F.leaky_relu(self.conv_hr(feat), 0.2)).contiguous(memory_format=out_format)
+        out = self.conv_last(F.leaky_relu(self.conv_hr(feat), 0.2))
+        if self.unshuffle > 1:
+            out = out[..., :h * self.scale, :w * self.scale]
+        return out.contiguous(memory_format=out_format)
 
 
 class MESRGAN(RRDBNet):

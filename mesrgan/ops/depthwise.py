@@ -89,8 +89,19 @@ def _prefers_channels_last(x):
     return x.stride(1) < x.stride(3)
 
 
+def _check_same_device(op, x_name, x, **others):
+    # The dispatcher sends a call to the Meta kernel (the fake below) as soon as one argument is on
+    # the meta device, so a CPU x with a meta weight would otherwise return uninitialised memory;
+    # the compiled kernels check real devices in C++ (csrc/depthwise_conv3x3.cpp).
+    for name, t in others.items():
+        if t is not None:
+            torch._check(t.device == x.device,
+                         lambda: f"{op}: {name} must be on {x_name}'s device ({x.device}), got {t.device}")
+
+
 @torch.library.register_fake("mesrgan::depthwise_conv3x3")
 def _fake_forward(x, weight, bias=None, activation="none", negative_slope=0.2):
+    _check_same_device("depthwise_conv3x3", "x", x, weight=weight, bias=bias)
     torch._check(x.dim() == 4, lambda: f"depthwise_conv3x3: x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
     torch._check(tuple(weight.shape) == (x.shape[1], 1, 3, 3),
                  lambda: f"depthwise_conv3x3: weight must have shape (C, 1, 3, 3), got {tuple(weight.shape)}")
@@ -100,12 +111,14 @@ def _fake_forward(x, weight, bias=None, activation="none", negative_slope=0.2):
 
 @torch.library.register_fake("mesrgan::depthwise_conv3x3_activation_backward")
 def _fake_activation_backward(grad_out, out, activation, negative_slope):
+    _check_same_device("depthwise_conv3x3_activation_backward", "out", out, grad_out=grad_out)
     fmt = torch.channels_last if _prefers_channels_last(grad_out) else torch.contiguous_format
     return torch.empty_like(grad_out, memory_format=fmt)
 
 
 @torch.library.register_fake("mesrgan::depthwise_conv3x3_backward_weight")
 def _fake_backward_weight(x, grad_out, need_bias):
+    _check_same_device("depthwise_conv3x3_backward_weight", "x", x, grad_out=grad_out)
     C = x.shape[1]
     return x.new_empty((C, 1, 3, 3)), x.new_empty((C,) if need_bias else (0,))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import shlex
 
@@ -289,6 +290,17 @@ def validate(cfg):
     need(cfg["stage"] in ("psnr", "gan", "all"), f"stage must be psnr, gan or all, got {cfg['stage']!r}")
     need(cfg["amp"] in ("none", "bf16", "fp16"), f"amp must be none, bf16 or fp16, got {cfg['amp']!r}")
     need(0.0 <= float(cfg["ema"]) < 1.0, f"ema must be a decay in [0, 1), got {cfg['ema']!r}")
+    need(isinstance(cfg["seed"], int) and cfg["seed"] >= 0, f"seed must be an integer >= 0, got {cfg['seed']!r}")
+    need(cfg["stop_after"] >= 0, f"stop-after must be >= 0 iterations, got {cfg['stop_after']!r}")
+    finite = (int, float)
+    for k in ("psnr_lr", "gan_lr", "d_lr", "lr_gamma"):
+        need(isinstance(cfg[k], finite) and 0 < cfg[k] < math.inf,
+             f"{k.replace('_', '-')} must be a number > 0, got {cfg[k]!r}")
+    for k in ("pixel_weight", "perceptual_weight", "adv_weight"):
+        need(isinstance(cfg[k], finite) and 0 <= cfg[k] < math.inf,
+             f"{k.replace('_', '-')} must be a number >= 0, got {cfg[k]!r}")
+    for k in ("beta1", "beta2"):
+        need(isinstance(cfg[k], finite) and 0 <= cfg[k] < 1, f"{k} must be in [0, 1), got {cfg[k]!r}")
     for k in ("psnr_loss", "pixel_loss", "perceptual_criterion"):
         need(cfg[k] in ("mse", "l1"), f"{k.replace('_', '-')} must be mse or l1, got {cfg[k]!r}")
     need(cfg["gan_type"] in ("gan", "ragan"), f"gan-type must be gan or ragan, got {cfg['gan_type']!r}")

@@ -22,6 +22,21 @@ import time
 import numpy as np
 import torch
 
+# what --resume needs from last.pt (the optional parts are looked up with .get)
+RESUME_KEYS = ("stage", "iteration", "best_psnr", "generator", "optimizer_g", "rng")
+
+
+def read_checkpoint_or_exit(flag, path, require=()):
+    """``read_checkpoint``, or one line on stderr and exit status 2 for a file that is not one."""
+    import sys
+
+    from ..models import CheckpointError, read_checkpoint
+    try:
+        return read_checkpoint(path, require=require)
+    except CheckpointError as e:
+        print(f"error: {flag}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX
@@ -207,7 +222,7 @@ class RunFolder:
         """``last.pt`` for ``--resume``, checked against this run's model, sizes and stages."""
         if not self.has_checkpoint():
             raise SystemExit(f"error: --resume: no checkpoint {self.last}")
-        ck = torch.load(self.last, map_location="cpu", weights_only=True)
+        ck = read_checkpoint_or_exit("--resume", self.last, RESUME_KEYS)
         old = ck.get("train_config", {})
         for k in ("model", "scale", "crop_size", "generator"):
             if k in old and old[k] != cfg[k]:
@@ -225,7 +240,7 @@ class RunFolder:
         if not os.path.isfile(path):
             raise SystemExit(f"error: --stage gan starts from a stage-1 generator, and {path} does not exist: "
                              "pass --pretrained PATH or run --stage psnr first with the same --out")
-        ck = torch.load(path, map_location="cpu", weights_only=True)
+        ck = read_checkpoint_or_exit("--pretrained" if pretrained else "--stage gan", path)
         # Our checkpoints hold the raw weights under "generator" (an EMA, if any, is not where
         # stage 1 ended); anything else is taken as a bare state dict.
-        return path, (ck["generator"] if isinstance(ck, dict) and "generator" in ck else ck)
+        return path, (ck["generator"] if "generator" in ck else ck)
