@@ -1,6 +1,6 @@
 """Table II at an equal budget: SRGAN, ESRGAN, MESRGAN and lite trained alike, then measured alike.
 
-    python -m benchmarks.quality                       # the default budget (CPU, about 20 minutes on 2 cores)
+    python -m benchmarks.quality                       # the default budget: CPU, about 15 minutes on 2 cores
     python -m benchmarks.quality --iters 200000 --batch 16 --crop 128 --eval-every 5000 \\
         --data DIV2K_train_HR_sub --val-data DIV2K_valid_HR --device cuda --vgg-weights vgg19-dcbb9e9d.pth
 
@@ -53,10 +53,10 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--iters", type=int, default=120, help="training iterations per stage and model (default 120)")
+    p.add_argument("--iters", type=int, default=1000, help="training iterations per stage and model (default 1000)")
     p.add_argument("--batch", type=int, default=4, help="batch size (default 4)")
     p.add_argument("--crop", type=int, default=64, help="HR crop side, a multiple of 4 (default 64)")
-    p.add_argument("--eval-every", type=int, default=20, help="validation interval in iterations (default 20)")
+    p.add_argument("--eval-every", type=int, default=100, help="validation interval in iterations (default 100)")
     p.add_argument("--val-max-size", type=int, default=192,
                    help="centre-crop the validation images of the learning curve to this side (default 192; 0 = whole)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
