@@ -83,8 +83,8 @@ def build_parser():
 def _vgg_available(args):
     if args.vgg_weights:
         return True
-    from mesrgan.train import _vgg_cache_file
-    return os.path.isfile(_vgg_cache_file())
+    from mesrgan.models import VGG19_URL  # where the training program finds them without --vgg-weights
+    return os.path.isfile(os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(VGG19_URL)))
 
 
 def _train_argv(args, preset, options, out, stage):
@@ -267,7 +267,7 @@ def _machine():
 def section_markdown(results, names, args, stages, wall, images, argv):
     first = results[names[0]]["eval"]
     data = ", ".join(args.data) if args.data else "the 6 bundled training photographs (scikit-image)"
-    held = args.val_data or "the 2 bundled held-out photographs (chelsea, rocket), never trained on"
+    held = args.val_data or "the 2 bundled held-out photographs, never trained on"
     s2 = ("stage 1 and stage 2" if "gan" in stages else
           "stage 1 only: stage 2 needs the VGG19 ImageNet weights for its perceptual loss, and none were "
           "given or cached (`--vgg-weights PATH`)")
