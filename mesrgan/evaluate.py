@@ -1,4 +1,4 @@
-"""Measure a generator on a test set: PSNR / SSIM / RMSE per image and their mean, beside bicubic.
+"""Measure a generator on a test set: PSNR / SSIM / RMSE / NIQE per image and their mean, beside bicubic.
 
     python -m mesrgan.evaluate --weights CKPT [--model NAME] [--data DIR] [--scale S] [--lr-data DIR]
                                [--save-dir DIR] [--json FILE] [--device DEV] [--metrics standard|paper]
@@ -16,6 +16,10 @@ Metric conventions (see :mod:`mesrgan.metrics`):
   (sigma 1.5); RMSE in 8-bit grey levels of Y.
 * ``--metrics paper``: the MESRGAN paper's Table II code: RGB, no crop, SSIM over the whole image as
   one window per channel; RMSE in 8-bit levels of RGB. Its SSIM is not comparable with standard SSIM.
+* NIQE (no reference, lower is better; :func:`mesrgan.metrics.niqe`): of the SR and of the bicubic
+  image alone, on Y, with the convention's border crop; "-" (null in JSON) for an image smaller
+  than two 96x96 blocks. PI = ((10 - Ma) + NIQE) / 2 needs Ma et al.'s learned model: computed only
+  when pyiqa and its NRQM model load (:mod:`mesrgan.pi`); otherwise one line says why it is missing.
 
 An image whose header claims more than ``--max-pixels`` pixels is skipped unread (a guard against
 decompression bombs), like any unreadable one: the others are still measured, the table and
@@ -38,7 +42,9 @@ import torch
 from .cli import check_dir, check_file, int_range, prepare_dir, prepare_file, write_text_atomic
 from .imageio import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, ImageReadError, is_image_file, read_image, write_image
 from .inference import UsageError, load_checkpoint, upscale_tensor
-from .metrics import psnr, rmse, ssim
+from .metrics import niqe, psnr, rmse, ssim
+from .niqe import NIQE_BLOCK
+from .pi import ma_scorer, perceptual_index
 
 __all__ = ["main", "evaluate_images", "CONVENTIONS", "measure"]
 
@@ -56,7 +62,7 @@ CONVENTIONS = {
 def build_parser():
     p = argparse.ArgumentParser(
         prog="python -m mesrgan.evaluate",
-        description="PSNR / SSIM / RMSE of a super-resolution generator on a set of HR images, "
+        description="PSNR / SSIM / RMSE / NIQE of a super-resolution generator on a set of HR images, "
                     "beside the bicubic baseline.")
     p.add_argument("--weights", required=True, metavar="CKPT",
                    help="generator checkpoint: ours (last.pt, best.pt, generator .pt), a bare state dict, "
@@ -126,15 +132,26 @@ def _lr_index(folder, scale):
 
 
 def measure(sr, hr, convention, scale):
-    """``{"psnr", "ssim", "rmse"}`` of uint8 RGB arrays under a convention of :data:`CONVENTIONS`."""
+    """``{"psnr", "ssim", "rmse", "niqe"}`` of uint8 RGB arrays under a convention of :data:`CONVENTIONS`.
+
+    NIQE is of ``sr`` alone (NaN when it is smaller than two 96x96 blocks after the crop).
+    """
     conv = CONVENTIONS[convention]
     crop = scale if conv["crop"] == "scale" else conv["crop"]
     kw = {"crop_border": crop, "y_channel": conv["y_channel"]}
-    return {"psnr": psnr(sr, hr, **kw), "ssim": ssim(sr, hr, window=conv["window"], **kw), "rmse": rmse(sr, hr, **kw)}
+    return {"psnr": psnr(sr, hr, **kw), "ssim": ssim(sr, hr, window=conv["window"], **kw), "rmse": rmse(sr, hr, **kw),
+            "niqe": _niqe_or_nan(sr, crop)}
+
+
+def _niqe_or_nan(img, crop):
+    h, w = img.shape[0] - 2 * crop, img.shape[1] - 2 * crop
+    if min(h, w) < NIQE_BLOCK or (h // NIQE_BLOCK) * (w // NIQE_BLOCK) < 2:
+        return math.nan  # too small for NIQE's Gaussian fit: the table shows "-"
+    return niqe(img, crop_border=crop)
 
 
 def evaluate_images(generator, images, *, scale, lr_images=None, convention="standard", tile=0, tile_pad=32,
-                    save_dir=None, log=None):
+                    save_dir=None, log=None, ma_score=None):
     """Measure ``generator`` on HR images.
 
     Args:
@@ -147,6 +164,8 @@ def evaluate_images(generator, images, *, scale, lr_images=None, convention="sta
         tile, tile_pad: passed to :func:`mesrgan.inference.upscale_tensor`.
         save_dir: write ``<name>.png`` SR images there when given.
         log: optional ``callable(str)`` for progress lines.
+        ma_score: optional ``callable(uint8 image) -> float``, Ma et al.'s score (:func:`mesrgan.pi.ma_scorer`);
+            when given, ``"ma"`` and ``"pi"`` are added to the SR and bicubic metrics.
 
     Returns:
         ``(rows, failures)``: rows are dicts ``{"name", "size": [W, H], "sr": {...}, "bicubic": {...},
@@ -186,6 +205,10 @@ def evaluate_images(generator, images, *, scale, lr_images=None, convention="sta
             bic_u8 = _to_uint8(imresize(lr, scale))
             row = {"name": name, "size": [int(hr.shape[1]), int(hr.shape[0])],
                    "sr": measure(sr_u8, hr, convention, scale), "bicubic": measure(bic_u8, hr, convention, scale)}
+            if ma_score is not None:
+                for key, img in (("sr", sr_u8), ("bicubic", bic_u8)):
+                    row[key]["ma"] = ma_score(img)
+                    row[key]["pi"] = perceptual_index(row[key]["ma"], row[key]["niqe"])
             if save_dir is not None:
                 write_image(os.path.join(save_dir, f"{name}.png"), sr_u8.astype(np.float32) / 255)
             row["seconds"] = time.perf_counter() - t0
@@ -201,21 +224,23 @@ def evaluate_images(generator, images, *, scale, lr_images=None, convention="sta
 
 
 def mean_of(rows, key):
-    """Mean of each metric over rows (PSNR of identical images is inf and makes the mean inf)."""
-    return {m: float(np.mean([r[key][m] for r in rows])) for m in ("psnr", "ssim", "rmse")}
+    """Mean of each metric over rows (PSNR of identical images is inf and makes the mean inf; one image
+    without NIQE makes the mean NIQE NaN)."""
+    return {m: float(np.mean([r[key][m] for r in rows])) for m in rows[0][key]}
 
 
-def format_table(rows, title, convention_text):
+def format_table(rows, title, convention_text, pi_line=None):
     name_w = max([len("image"), len("mean")] + [len(r["name"]) for r in rows])
     size_w = max([len("size")] + [len(f"{r['size'][0]}x{r['size'][1]}") for r in rows])
 
     def cells(m):
         p = "inf" if math.isinf(m["psnr"]) else f"{m['psnr']:.2f}"
-        return f"{p:>7} {m['ssim']:>7.4f} {m['rmse']:>7.2f}"
+        q = "-" if math.isnan(m["niqe"]) else f"{m['niqe']:.3f}"
+        return f"{p:>7} {m['ssim']:>7.4f} {m['rmse']:>7.2f} {q:>7}"
 
-    head = f"{'':<{name_w}}  {'':<{size_w}} | {'SR':^23} | {'bicubic':^23}"
-    cols = f"{'image':<{name_w}}  {'size':<{size_w}} | {'PSNR':>7} {'SSIM':>7} {'RMSE':>7} | " \
-           f"{'PSNR':>7} {'SSIM':>7} {'RMSE':>7}"
+    head = f"{'':<{name_w}}  {'':<{size_w}} | {'SR':^31} | {'bicubic':^31}"
+    cols = f"{'image':<{name_w}}  {'size':<{size_w}} | {'PSNR':>7} {'SSIM':>7} {'RMSE':>7} {'NIQE':>7} | " \
+           f"{'PSNR':>7} {'SSIM':>7} {'RMSE':>7} {'NIQE':>7}"
     rule = "-" * len(cols)
     lines = [title, f"metrics: {convention_text}", "", head, cols, rule]
     for r in rows:
@@ -225,7 +250,19 @@ def format_table(rows, title, convention_text):
     if rows:
         lines.append(f"{'mean':<{name_w}}  {'':<{size_w}} | {cells(mean_of(rows, 'sr'))} | "
                      f"{cells(mean_of(rows, 'bicubic'))}")
+    lines.append("NIQE: no reference, lower is better (Mittal et al. 2013, the authors' pristine model)")
+    if pi_line:
+        lines.append(pi_line)
     return "\n".join(line.rstrip() for line in lines)
+
+
+def _pi_line(rows, ma_missing):
+    """One line: PI's means, or why PI is missing."""
+    if ma_missing is not None or not rows:
+        return ma_missing
+    sr, bic = mean_of(rows, "sr"), mean_of(rows, "bicubic")
+    return (f"PI = ((10 - Ma) + NIQE) / 2, Ma from pyiqa's NRQM: SR {sr['pi']:.3f} (Ma {sr['ma']:.3f}), "
+            f"bicubic {bic['pi']:.3f} (Ma {bic['ma']:.3f})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,13 +317,15 @@ def run(args):
             print(msg, file=sys.stderr, flush=True)
 
     log(f"model: {info['model']} x{scale} from {args.weights} on {device}; {len(images)} images from {source}")
+    ma_score, ma_missing = ma_scorer(device)
     rows, failures = evaluate_images(generator, images, scale=scale, lr_images=lr_images, convention=args.metrics,
-                                     tile=args.tile, tile_pad=args.tile_pad, save_dir=args.save_dir, log=log)
+                                     tile=args.tile, tile_pad=args.tile_pad, save_dir=args.save_dir, log=log,
+                                     ma_score=ma_score)
     conv = CONVENTIONS[args.metrics]
     text = conv["text"].format(crop=scale)
     title = f"{info['model']} x{scale} ({args.weights}) on {len(rows)} image{'s' if len(rows) != 1 else ''} " \
             f"from {source}; LR = {'--lr-data' if lr_images is not None else 'bicubic(HR)'}"
-    print(format_table(rows, title, text))
+    print(format_table(rows, title, text, _pi_line(rows, ma_missing)))
     if failures:
         print(f"\n{len(failures)} image(s) failed:", file=sys.stderr)
         for name, msg in failures:
@@ -300,6 +339,7 @@ def run(args):
                            "ssim_window": conv["window"]},
             "images": rows,
             "mean": {"sr": mean_of(rows, "sr"), "bicubic": mean_of(rows, "bicubic")} if rows else None,
+            "pi_missing": ma_missing,
             "failures": [{"name": n, "error": m} for n, m in failures],
         }
         try:

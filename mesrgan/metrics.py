@@ -1,6 +1,7 @@
-"""Full-reference super-resolution metrics: PSNR, SSIM and RMSE, with the field's conventions.
+"""Super-resolution metrics with the field's conventions: PSNR, SSIM and RMSE (full reference),
+and NIQE (no reference; :func:`niqe`, implemented in :mod:`mesrgan.niqe`, documented there).
 
-Two kinds of input are accepted, and both arguments of one call must be of the same kind:
+For PSNR, SSIM and RMSE, two kinds of input are accepted, and both arguments of one call must be of the same kind:
 
 * ``numpy.ndarray`` of dtype ``uint8`` and shape ``(H, W, 3)``, RGB. Computed in float64; each
   function returns a Python ``float``.
@@ -37,7 +38,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["psnr", "ssim", "rmse", "rgb_to_y", "SSIM_WINDOWS"]
+from ._color import y_of as _y_of
+from .niqe import niqe
+
+__all__ = ["psnr", "ssim", "rmse", "niqe", "rgb_to_y", "SSIM_WINDOWS"]
 
 #: Accepted values of ``ssim(..., window=...)``.
 SSIM_WINDOWS = ("gaussian", "global")
@@ -48,9 +52,6 @@ _K1, _K2 = 0.01, 0.03
 _DATA_RANGE = 255.0
 _C1 = (_K1 * _DATA_RANGE) ** 2
 _C2 = (_K2 * _DATA_RANGE) ** 2
-# MATLAB rgb2ycbcr, first row, for R, G, B in [0, 1]; the output is on the 0..255 scale.
-_Y_COEFFS = (65.481, 128.553, 24.966)
-_Y_OFFSET = 16.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,11 +119,6 @@ def _prepare(sr, hr, crop_border, y_channel):
     if y_channel:
         x, y = _y_of(x), _y_of(y)
     return x, y, kind
-
-
-def _y_of(rgb255):
-    r, g, b = rgb255.unbind(1)
-    return (_Y_OFFSET + (_Y_COEFFS[0] * r + _Y_COEFFS[1] * g + _Y_COEFFS[2] * b) / _DATA_RANGE)[:, None]
 
 
 def _result(values, kind):

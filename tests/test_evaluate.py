@@ -79,10 +79,12 @@ def test_measure_follows_conventions():
     hr = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
     sr = np.clip(hr.astype(int) + rng.integers(-9, 10, hr.shape), 0, 255).astype(np.uint8)
     std = measure(sr, hr, "standard", 4)
+    assert math.isnan(std.pop("niqe"))  # 24x24 is smaller than NIQE's two 96x96 blocks
     assert std == {"psnr": psnr(sr, hr, crop_border=4, y_channel=True),
                    "ssim": ssim(sr, hr, crop_border=4, y_channel=True),
                    "rmse": rmse(sr, hr, crop_border=4, y_channel=True)}
     pap = measure(sr, hr, "paper", 4)
+    assert math.isnan(pap.pop("niqe"))
     assert pap == {"psnr": psnr(sr, hr), "ssim": ssim(sr, hr, window="global"), "rmse": rmse(sr, hr)}
     assert set(CONVENTIONS) == {"standard", "paper"}
 
@@ -138,7 +140,7 @@ def test_cli_table_json_and_saved_images(setup, tmp_path, capsys):
     # the saved SR image is the one measured; the EMA weights were used
     sr = np.asarray(Image.open(tmp_path / "sr" / "img1.png"))
     hr = _photo(38, 50, 0)[:36, :48]
-    assert measure(sr, hr, "standard", 4) == report["images"][0]["sr"]
+    assert measure(sr, hr, "standard", 4) == {**report["images"][0]["sr"], "niqe": math.nan}  # JSON null
     with torch.inference_mode():
         ref = _u8(model(_t(_u8(imresize(_t(hr), 1 / 4)))))
     np.testing.assert_array_equal(sr, ref)
@@ -164,7 +166,7 @@ def test_cli_paired_lr_and_paper_convention(setup, tmp_path, capsys):
     hr = _photo(38, 50, 0)[:36, :48]
     with torch.inference_mode():
         sr = _u8(model(_t(lr1)))
-    assert report["images"][0]["sr"] == pytest.approx(measure(sr, hr, "paper", 4))
+    assert {**report["images"][0]["sr"], "niqe": 0} == pytest.approx({**measure(sr, hr, "paper", 4), "niqe": 0})
 
 
 def test_cli_bundled_images_by_default(setup, capsys):
@@ -223,3 +225,63 @@ def test_python_dash_m_entry_point(setup, tmp_path):
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "mean" in r.stdout and json.loads((tmp_path / "r.json").read_text())["mean"]["sr"]["psnr"] > 0
+
+
+# ---- NIQE column and PI ------------------------------------------------------------------------
+
+def test_niqe_of_sr_and_bicubic_with_the_conventions_crop():
+    from mesrgan.metrics import niqe
+    from mesrgan.data import bundled_images
+
+    hr = dict(bundled_images("val"))["chelsea"][:200, :300]
+    rows, failures = evaluate_images(Bicubic(2), [("c", hr)], scale=2)
+    assert not failures
+    row = rows[0]
+    lr = _u8(imresize(_t(hr), 1 / 2))
+    bic = _u8(imresize(_t(lr), 2))
+    # crop 2 (the scale) leaves 196x296: two 96x96 blocks
+    assert row["bicubic"]["niqe"] == niqe(bic, crop_border=2)
+    assert row["sr"]["niqe"] == row["bicubic"]["niqe"]
+    assert niqe(hr, crop_border=2) < row["bicubic"]["niqe"]  # blur is less natural than the photograph
+    rows, _ = evaluate_images(Bicubic(2), [("c", hr)], scale=2, convention="paper")
+    assert rows[0]["bicubic"]["niqe"] == niqe(bic)
+
+
+def test_cli_shows_niqe_and_why_pi_is_missing(tmp_path, capsys, monkeypatch):
+    import mesrgan.pi as pi_mod
+    from mesrgan.data import bundled_images
+
+    find_spec = pi_mod.importlib.util.find_spec
+    monkeypatch.setattr(pi_mod.importlib.util, "find_spec",  # as if pyiqa were absent, wherever it is not
+                        lambda name, *a: None if name == "pyiqa" else find_spec(name, *a))
+    data = tmp_path / "d"
+    data.mkdir()
+    Image.fromarray(dict(bundled_images("val"))["chelsea"][:200, :300]).save(data / "c.png")
+    Image.fromarray(_photo(40, 40, 3)).save(data / "small.png")
+    g, cfg = _tiny()
+    torch.save(generator_checkpoint("esrgan", g, cfg), tmp_path / "g.pt")
+    rc = main(["--weights", str(tmp_path / "g.pt"), "--data", str(data), "--json", str(tmp_path / "r.json"), "-q"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert any(l.startswith("image") and l.count("NIQE") == 2 for l in lines)
+    report = json.loads((tmp_path / "r.json").read_text())
+    c, small = report["images"]
+    assert small["sr"]["niqe"] is None and re.match(r"small +40x40 +\|.* - \|.* -$", next(
+        l for l in lines if l.startswith("small")))
+    assert f"{c['bicubic']['niqe']:.3f}" in next(l for l in lines if l.startswith("c "))
+    assert report["mean"]["sr"]["niqe"] is None  # one image without NIQE: no mean
+    assert "PI not computed: it needs Ma et al.'s learned NRQM model" in out
+    assert report["pi_missing"].startswith("PI not computed")
+
+
+def test_pi_from_an_ma_scorer():
+    from mesrgan.data import bundled_images
+    from mesrgan.pi import perceptual_index
+
+    hr = dict(bundled_images("val"))["chelsea"][:200, :300]
+    # a stand-in for Ma (pyiqa's NRQM is not installed here): the plumbing is what is tested
+    rows, _ = evaluate_images(Bicubic(2), [("c", hr)], scale=2, ma_score=lambda img: float(img.mean()) / 40)
+    m = rows[0]["bicubic"]
+    assert m["pi"] == pytest.approx(((10 - m["ma"]) + m["niqe"]) / 2)
+    assert perceptual_index(4.0, 6.0) == 6.0
