@@ -152,8 +152,8 @@ step bench-tab1-32 60 "$TAB -k 'model-fwd and lr32' --benchmark-json='$JSON/tabl
 step bench-train 45 "$TAB -k model-train --benchmark-json='$JSON/train.json'"
 # The training program's CUDA paths (autocast, channels_last, EMA, pinned memory): two short runs.
 step train-quick 60 "$PY -m mesrgan.train --model mesrgan --quick --device cuda --amp bf16 --channels-last --workers 2 \
---no-tensorboard --out /tmp/mesrgan-q1 && $PY -m mesrgan.train --model esrgan --quick --device cuda --amp fp16 --ema 0.999 \
---workers 2 --no-tensorboard --out /tmp/mesrgan-q2"
+--no-tensorboard --overwrite --out /tmp/mesrgan-q1 && $PY -m mesrgan.train --model esrgan --quick --device cuda --amp fp16 --ema 0.999 \
+--workers 2 --no-tensorboard --overwrite --out /tmp/mesrgan-q2"
 
 JSONS=$(ls "$JSON"/*.json 2>/dev/null | sed "s/.*/'&'/" | tr '\n' ' ')
 if [ -n "$JSONS" ]; then

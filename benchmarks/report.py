@@ -121,7 +121,7 @@ def model_index(benches):
 
 def _model_cols(series):
     models = sorted({m for m, _ in series}, key=lambda m: (MODEL_ORDER.index(m) if m in MODEL_ORDER else 99, m))
-    return [(m, i) for m in models for i in ("torch", "mesrgan") if (m, i) in series]
+    return [(m, i) for m in models for i in ("torch", "mesrgan", "onnxruntime") if (m, i) in series]
 
 
 def model_tables(benches):
@@ -152,10 +152,12 @@ def model_tables(benches):
 
         # Ratios: our kernel's speedup per MESRGAN variant, and each variant's time over ESRGAN's.
         speed = [m for m, i in cols if i == "mesrgan" and (m, "torch") in series]
-        over = [(m, i) for m, i in cols if m in ESRGAN_OF and (ESRGAN_OF[m], "torch") in series]
+        over = [(m, i) for m, i in cols if m in ESRGAN_OF and i != "onnxruntime" and (ESRGAN_OF[m], "torch") in series]
+        ort = [m for m, i in cols if i == "onnxruntime" and (m, "mesrgan" if m in ESRGAN_OF else "torch") in series]
         if speed or over:
             header = (["batch"] + [f"{m}: torch ÷ mesrgan" for m in speed]
-                      + [f"{m} ({i}) ÷ {ESRGAN_OF[m]}" for m, i in over])
+                      + [f"{m} ({i}) ÷ {ESRGAN_OF[m]}" for m, i in over]
+                      + [f"{m}: onnxruntime ÷ ours" for m in ort])
             rows = []
             for n in batches:
                 row = [n]
@@ -165,10 +167,14 @@ def model_tables(benches):
                 for m, i in over:
                     b, be = series[(m, i)].get(n), series[(ESRGAN_OF[m], "torch")].get(n)
                     row.append(ratio(_median(b), _median(be)) if b and be else "–")
+                for m in ort:
+                    bo, bm = series[(m, "onnxruntime")].get(n), series[(m, "mesrgan" if m in ESRGAN_OF else "torch")].get(n)
+                    row.append(ratio(_median(bo), _median(bm)) if bo and bm else "–")
                 rows.append(row)
             out.append("\nRatios: `torch ÷ mesrgan` > 1 is our kernel's speedup of the whole network; `÷ esrgan` "
                        "is the MESRGAN variant's time over ESRGAN's (the paper: 155 / 33 = 4.7× at batch 1, "
-                       "2402 / 534 = 4.5× at batch 16).\n")
+                       "2402 / 534 = 4.5× at batch 16); `onnxruntime ÷ ours` > 1: our forward is faster than "
+                       "onnxruntime's on the same exported network.\n")
             out.append(table(header, rows))
         notes = []
         for m in dict.fromkeys(m for m, _ in cols):

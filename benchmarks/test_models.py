@@ -10,13 +10,15 @@ Ids read ``model-<pass>-<device>-float32-nchw-<model>-<impl>-b<batch>-lr<size>-c
   ``hidden_width="output"`` (hidden width t × output channels instead of t × input);
   ``esrgan``, ``mesrgan``, ``mesrgan-out`` (the 23-RRDB skeleton) can be added with --bench-models;
 * impl: ``torch`` = depthwise convs through ``F.conv2d(groups=C)`` (the paper's setting),
-  ``mesrgan`` = through our op. SRGAN and ESRGAN have no depthwise conv: they run once, as ``torch``;
+  ``mesrgan`` = through our ops (on CPU: the fused bottleneck block); ``onnxruntime`` = the same
+  network and weights exported to ONNX and run by onnxruntime on the CPU (forward only, when
+  onnxruntime is installed). SRGAN and ESRGAN have no depthwise conv: they run once, as ``torch``;
 * lr: the LR input's side: 128 (the paper's Table I), 32 (the training crop: HR 128 / 4);
 * cudnn: ``torch.backends.cudnn.benchmark`` (the autotuner) ``off`` / ``on`` on CUDA, ``na`` on CPU.
 
 Sizes: CUDA and ``--bench-full`` run the paper's batches 1, 2, 4, 8, 16 at LR 128 and LR 32, and the
 training step at batch 16 (the paper's), LR 32. The CPU default keeps the suite under 10 minutes on
-2 cores: batches 1, 4, 16 at LR 32, batch 1 at LR 128, the training step at batch 4, at most 3 rounds
+2 cores: batches 1, 4, 16 at LR 32, batch 1 at LR 128, the training step at batches 4 and 16, at most 3 rounds
 after one untimed call.
 
 Correctness, once per model and device before any timing: the ``mesrgan`` model's output and
@@ -24,6 +26,7 @@ parameter gradients against the ``torch`` model's with the same weights (fp32, T
 odd-sized batch; the op suite checks the op itself on every shape it times.
 """
 import functools
+import os
 
 import pytest
 import torch
@@ -41,6 +44,9 @@ PRESETS = {
     "mesrgan-out": ("mesrgan", {"hidden_width": "output"}, True),
 }
 BATCHES = (1, 2, 4, 8, 16)
+# The same network exported to ONNX (through the plain-PyTorch decompositions of our ops) and run by
+# onnxruntime's CPU provider with as many threads as torch: the deployed peer of our forward.
+ONNX_IMPL = {"cpu": ("onnxruntime",), "cuda": ()}
 CPU_DEFAULT_BATCHES = (1, 4, 16)
 SCALE = 4
 CPU_DEFAULT_MAX_ROUNDS = 3
@@ -54,7 +60,7 @@ def _sizes(settings, device):
         train = [(32, 16)]
     else:
         fwd = [(128, 1)] + [(32, b) for b in CPU_DEFAULT_BATCHES]
-        train = [(32, 4)]
+        train = [(32, 4), (32, 16)]
     return [("fwd", lr, b) for lr, b in fwd] + [("train", lr, b) for lr, b in train]
 
 
@@ -66,8 +72,10 @@ def _cases(settings):
     # Model and impl outermost: each network is built once for all its sizes.
     for device in settings.devices:
         for key in settings.models:
-            for impl in (("torch", "mesrgan") if PRESETS[key][2] else ("torch",)):
+            for impl in (("torch", "mesrgan") if PRESETS[key][2] else ("torch",)) + ONNX_IMPL[device]:
                 for pass_, lr, batch in _sizes(settings, device):
+                    if impl == "onnxruntime" and pass_ != "fwd":
+                        continue
                     for tune in (("off", "on") if device == "cuda" else ("na",)):
                         cases.append((pass_, device, key, impl, lr, batch, tune))
     return cases
@@ -111,6 +119,24 @@ def _model_info(key):
         return params, {lr: (m["total"], m.get("depthwise", 0)) for lr, m in macs.items()}
     except Exception:  # informative only; the benchmark does not depend on it
         return None, {}
+
+
+@functools.lru_cache(maxsize=1)
+def _onnx_session(key):
+    """A callable running ``key``'s network (the same weights as the torch cases) in onnxruntime."""
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (the bench extra has it)")
+    import tempfile
+
+    from mesrgan.deploy import export_onnx
+    model = _build(key, "mesrgan" if PRESETS[key][2] else "torch", "cpu")
+    path = os.path.join(tempfile.mkdtemp(prefix="mesrgan-bench-"), f"{key}.onnx")
+    export_onnx(model, path)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})
 
 
 _checked = {}
@@ -163,7 +189,13 @@ def test_model(benchmark, bench_settings, model_case):
     try:
         if tune_flag is not None:
             torch.backends.cudnn.benchmark = tune_flag
-        if pass_ == "fwd":
+        if impl == "onnxruntime":
+            run = _onnx_session(key)
+            x_np = x.numpy()
+
+            def step():
+                run(x_np)
+        elif pass_ == "fwd":
             model = _eval_model(key, impl, device)
 
             def step():

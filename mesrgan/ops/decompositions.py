@@ -12,6 +12,7 @@ nothing exported for inference calls them.
 """
 import torch
 
+from .bottleneck import bottleneck_block_reference
 from .depthwise import depthwise_conv3x3_reference
 
 
@@ -19,7 +20,14 @@ def _depthwise_conv3x3(x, weight, bias=None, activation="none", negative_slope=0
     return depthwise_conv3x3_reference(x, weight, bias, activation=activation, negative_slope=negative_slope)
 
 
+def _bottleneck_block(x, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, skip=False,
+                      negative_slope=0.2):
+    return bottleneck_block_reference(x, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
+                                      skip=skip, negative_slope=negative_slope)
+
+
 #: op overload -> the same computation in standard ATen ops
 DECOMPOSITIONS = {
     torch.ops.mesrgan.depthwise_conv3x3.default: _depthwise_conv3x3,
+    torch.ops.mesrgan.bottleneck_block.default: _bottleneck_block,
 }
