@@ -40,6 +40,10 @@ def _stopped_at_once(signum: int, folder: RunFolder, trainer) -> int:
     else:
         kept = "no checkpoint was written by this run"
     print(f"\nstopped at once (second {signal_name(signum)}): {kept}", flush=True)
+    # A stop mid-iteration can leave the DataLoader's worker iterator half torn down; its __del__
+    # then reports an "exception ignored" traceback at exit (seen under load). The run is over and
+    # its checkpoint is kept, so such clean-up noise is not shown.
+    sys.unraisablehook = lambda unraisable: None
     return 128 + signum
 
 
