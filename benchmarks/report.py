@@ -138,7 +138,7 @@ def model_tables(benches):
         out.append("ms per batch: median of the rounds, each one call + synchronize. Models without a depthwise "
                    "conv (srgan, esrgan*) run once, through PyTorch.\n")
         paper = pass_ == "fwd" and lr == 128
-        header = ["batch"] + [f"{m} ({i})" if m in ESRGAN_OF else m for m, i in cols]
+        header = ["batch"] + [f"{m} ({i})" if m in ESRGAN_OF or i != "torch" else m for m, i in cols]
         if paper:
             header.append("paper: SRGAN / ESRGAN / MESRGAN (GTX 1070 Ti, torch)")
         rows = []
