@@ -249,6 +249,7 @@ at::Tensor bottleneck_block_cpu(const at::Tensor& x_in, const at::Tensor& expand
     const Block<scalar_t> k =
         make_block<scalar_t>(x, expand_weight, defined_or_empty(expand_bias), dw_weight, defined_or_empty(dw_bias),
                              project_weight, defined_or_empty(project_bias), skip, negative_slope, false, keep);
+    // 128-1024 pixels per band measured the same here (16.3-15.5 ms on (16, 192, 32, 32) -> 384 -> 64).
     const int64_t R = band_rows(d, 256);
     // Enough chunks for every thread; chunks of at least two bands, so that halo rows stay few.
     const int64_t threads = at::get_num_threads();

@@ -26,11 +26,34 @@ static inline T leaky(T v, T slope) {
   return v > T(0) ? v : v * slope;
 }
 
+// A full block of kCB channels: the trip counts are compile-time constants and the column tests sit
+// outside the channel loops, so the compiler keeps acc in vector registers across the nine taps.
+template <typename T>
+static inline void dw_full_block(const T* const rows[3], const T* __restrict wt, const T* __restrict bias,
+                                 T* __restrict out, bool left, bool right, int64_t C, T slope) {
+  T acc[kCB];
+  for (int64_t c = 0; c < kCB; ++c) acc[c] = bias ? bias[c] : T(0);
+  for (int dr = 0; dr < 3; ++dr) {
+    const T* __restrict r = rows[dr];
+    const T* __restrict wk = wt + dr * 3 * C;
+    if (left)
+      for (int64_t c = 0; c < kCB; ++c) acc[c] += r[c - C] * wk[c];
+    for (int64_t c = 0; c < kCB; ++c) acc[c] += r[c] * wk[C + c];
+    if (right)
+      for (int64_t c = 0; c < kCB; ++c) acc[c] += r[c + C] * wk[2 * C + c];
+  }
+  for (int64_t c = 0; c < kCB; ++c) out[c] = leaky(acc[c], slope);
+}
+
 // One channel block [c0, c0 + n) of one output pixel: acc = bias + sum over the taps whose column is
 // inside the row, then LeakyReLU. rows[3] point at the pixel's column in the rows above, at and below.
 template <typename T>
 static inline void dw_pixel_block(const T* const rows[3], const T* __restrict wt, const T* __restrict bias,
                                   T* __restrict out, int64_t w, int64_t W, int64_t C, int64_t n, T slope) {
+  if (n == kCB) {
+    dw_full_block(rows, wt, bias, out, w > 0, w + 1 < W, C, slope);
+    return;
+  }
   T acc[kCB];
   for (int64_t c = 0; c < n; ++c) acc[c] = bias ? bias[c] : T(0);
   for (int dr = 0; dr < 3; ++dr) {
