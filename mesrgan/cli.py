@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 
 from .inference import UsageError
@@ -145,3 +146,14 @@ def write_text_atomic(path: str, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def run_program(build_parser, run, argv=None) -> int:
+    """The ``main`` of a ``python -m`` program: parse ``argv``, ``run(args)``, and turn a
+    ``UsageError`` into one line on stderr and exit status 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

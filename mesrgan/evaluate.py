@@ -39,7 +39,7 @@ import time
 import numpy as np
 import torch
 
-from .cli import check_dir, check_file, int_range, prepare_dir, prepare_file, write_text_atomic
+from .cli import check_dir, check_file, int_range, prepare_dir, prepare_file, run_program, write_text_atomic
 from .imageio import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, ImageReadError, is_image_file, read_image, write_image
 from .inference import UsageError, load_checkpoint, upscale_tensor
 from .metrics import niqe, psnr, rmse, ssim
@@ -363,12 +363,7 @@ def _finite(obj):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_program(build_parser, run, argv)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import argparse
 import importlib.util
 import sys
 
-from .cli import check_file, float_range, int_range, prepare_file
+from .cli import check_file, float_range, int_range, prepare_file, run_program
 from .inference import UsageError, load_checkpoint
 
 __all__ = ["main"]
@@ -79,12 +79,7 @@ def run(args):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_program(build_parser, run, argv)
 
 
 if __name__ == "__main__":

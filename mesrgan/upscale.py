@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from .cli import check_dir, check_file, int_range, prepare_dir, prepare_file
+from .cli import check_dir, check_file, int_range, prepare_dir, prepare_file, run_program
 from .imageio import (DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, ImageReadError, is_image_file, read_image_samples,
                       write_image)
 from .inference import upscale_tensor  # noqa: F401  (re-exported: mesrgan.upscale.upscale_tensor)
@@ -222,12 +222,7 @@ def run(args):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_program(build_parser, run, argv)
 
 
 if __name__ == "__main__":

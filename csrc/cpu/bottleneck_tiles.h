@@ -68,6 +68,12 @@ static inline void dw_pixel_block(const T* const rows[3], const T* __restrict wt
   for (int64_t c = 0; c < n; ++c) out[c] = leaky(acc[c], slope);
 }
 
+// In place: g[i] *= LeakyReLU'(y[i]) with the slope read from y's sign, over n values.
+template <typename T>
+void leaky_mask(T* g, const T* y, int64_t n, T slope) {
+  for (int64_t i = 0; i < n; ++i) g[i] = y[i] > T(0) ? g[i] : g[i] * slope;
+}
+
 // h2 rows [0, rows) = LeakyReLU(bias + depthwise 3x3 of h1), zero padding left and right.
 // h1 points at the row above output row 0 (rows + 2 rows, zero rows where outside the image);
 // wt is tap-major (9, C).
@@ -93,21 +99,9 @@ void dw_forward(const T* h1, const T* wt, const T* bias, T* h2, int64_t rows, in
 template <typename T>
 void dw_backward_input(const T* g2, const T* wt_rot, const T* h1, T* g1, int64_t rows, int64_t W, int64_t C,
                        T slope) {
-  const int64_t row = W * C;
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t w = 0; w < W; ++w) {
-      for (int64_t c0 = 0; c0 < C; c0 += kCB) {
-        const int64_t n = C - c0 < kCB ? C - c0 : kCB;
-        const int64_t at = w * C + c0;
-        const T* in[3] = {g2 + r * row + at, g2 + (r + 1) * row + at, g2 + (r + 2) * row + at};
-        T* __restrict out = g1 + r * row + at;
-        // Slope 1 in the block (no activation), then the mask of h1's activation.
-        dw_pixel_block(in, wt_rot + c0, static_cast<const T*>(nullptr), out, w, W, C, n, T(1));
-        const T* __restrict mask = h1 + r * row + at;
-        for (int64_t c = 0; c < n; ++c) out[c] = mask[c] > T(0) ? out[c] : out[c] * slope;
-      }
-    }
-  }
+  // The forward's kernel with no bias and slope 1 (no activation), then the mask of h1's activation.
+  dw_forward(g2, wt_rot, static_cast<const T*>(nullptr), g1, rows, W, C, T(1));
+  leaky_mask(g1, h1, rows * W * C, slope);
 }
 
 // Depthwise weight and bias gradients of rows [0, rows): gw (9, C) += sum over pixels of
@@ -167,12 +161,6 @@ void add_bias_skip(T* y, const T* bias, const T* skip, int64_t P, int64_t C) {
       for (int64_t c = 0; c < C; ++c) v[c] += s[c];
     }
   }
-}
-
-// In place: g[i] *= LeakyReLU'(y[i]) with the slope read from y's sign, over n values.
-template <typename T>
-void leaky_mask(T* g, const T* y, int64_t n, T slope) {
-  for (int64_t i = 0; i < n; ++i) g[i] = y[i] > T(0) ? g[i] : g[i] * slope;
 }
 
 // out (C) += the sum over P pixels of g (P, C).
