@@ -103,6 +103,47 @@ def test_larger_float32_gradients_match_unfused(one_thread):
         assert err < 1e-5, f"grad of {name}: relative error {err:.2e}"
 
 
+@pytest.fixture(params=["own", "blas"])
+def gemm(request):
+    """Runs a test with each float32 GEMM of the CPU kernel: ours (AVX2) and ATen's BLAS."""
+    if request.param == "own" and torch.ops.mesrgan._cpu_gemm("own") != "own":
+        torch.ops.mesrgan._cpu_gemm("default")
+        pytest.skip("our GEMM needs a CPU with AVX2 and FMA")
+    torch.ops.mesrgan._cpu_gemm(request.param)
+    yield request.param
+    torch.ops.mesrgan._cpu_gemm("default")
+
+
+@pytest.mark.parametrize("case", random_cases(12, seed=5) + [(2, 192, 5, 7, 384, 64, False), (1, 64, 9, 6, 128, 64, True)],
+                         ids=str)
+def test_float32_gemms_match_float64_reference(case, gemm):
+    # Odd sizes put every GEMM through its edge tiles: rows left over from 6, columns from 16, K of 1.
+    n, c_in, h, w, hidden, c_out, skip = case
+    x, params = make(n, c_in, h, w, hidden, c_out, dtype=torch.float32, layout="channels_last", seed=sum(case))
+    ours, ref = leaves(x, params), leaves(x.double(), [p.double() for p in params])
+    y = bottleneck_block(*ours, skip=skip, negative_slope=0.2)
+    yr = bottleneck_block_reference(*ref, skip=skip, negative_slope=0.2)
+    gy = torch.randn(yr.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    y.backward(gy.float())
+    yr.backward(gy)
+    for name, a, b in [("y", y, yr)] + [(f"grad of {nm}", t.grad, r.grad)
+                                         for nm, t, r in zip(("x",) + PARAM_NAMES, ours, ref)]:
+        err = ((a.double() - b).norm() / b.norm().clamp_min(1e-30)).item()
+        assert err < 2e-6, f"{name} with the {gemm} GEMM: relative error {err:.2e}"
+
+
+def test_gemm_choice():
+    isa = torch.ops.mesrgan._cpu_tile_isa()
+    try:
+        default = torch.ops.mesrgan._cpu_gemm("default")
+        assert default == ("own" if isa == "avx2" else "blas")
+        assert torch.ops.mesrgan._cpu_gemm("blas") == "blas"
+        with pytest.raises(ValueError, match="which must be 'own', 'blas' or 'default'"):
+            torch.ops.mesrgan._cpu_gemm("fast")
+    finally:
+        torch.ops.mesrgan._cpu_gemm("default")
+
+
 @pytest.mark.parametrize("mask", [(True, False, False, False, False, False, False),
                                   (False, True, False, False, False, False, False),
                                   (False, False, False, True, True, False, False),

@@ -10,22 +10,27 @@
 //   backward: recomputes h1 (two halo rows each side) and h2 (one) the same way, then
 //             g2 = (dy W2) * act'(h2), g1 = depthwise^T(g2) * act'(h1), dx = g1 W1 (+ dy),
 //             and accumulates dW2 += dy^T h2, dW1 += g1^T x, the depthwise and bias gradients.
-// The 1x1 convolutions are GEMMs on the band, done by ATen's BLAS (MKL / OpenBLAS: register-blocked
-// micro-kernels for every ISA, about 100 GMAC/s per core here at these sizes); the depthwise and the
-// epilogues are our tile kernels (bottleneck_tiles.h), compiled per ISA and picked at run time.
+// The 1x1 convolutions are GEMMs on the band: in float32 on an AVX2 CPU our own kernel
+// (gemm_avx2.h, with the bias / LeakyReLU / skip / mask folded into its stores), else ATen's BLAS
+// (MKL: about 70-85 GMAC/s per core on an AVX-512 Xeon at these sizes, but about 25 on an AMD EPYC)
+// followed by a tile pass for the epilogue. The depthwise and the epilogues are our tile kernels
+// (bottleneck_tiles.h), compiled per ISA and picked at run time.
 // Weight gradients go to a few partial sums (one per group of chunks) whose number depends on the
 // shape only, summed in a fixed order: the backward is deterministic whatever the thread count.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <string>
 #include <vector>
 
 #include "bottleneck_block.h"
 #include "cpu/bottleneck_tiles_decl.h"
+#include "cpu/gemm_avx2.h"
 #include "depthwise_conv3x3.h"
 
 namespace mesrgan {
@@ -71,6 +76,38 @@ std::string tile_isa() {
 #endif
 }
 
+bool cpu_has_avx2() {
+#ifdef MESRGAN_HAVE_AVX_TILES
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return has;
+#else
+  return false;
+#endif
+}
+
+// The float32 GEMMs: "own" (gemm_avx2.h) or "blas". By default our kernel where the tiles run AVX2
+// (measured faster than MKL on an AMD EPYC: see benchmarks/RESULTS.md) and BLAS elsewhere (MKL on
+// an AVX-512 Xeon was faster than our AVX2 tiles could be); MESRGAN_CPU_GEMM=own|blas or
+// _cpu_gemm(...) choose. "own" needs a CPU with AVX2 and FMA.
+enum class GemmChoice : int { kDefault = 0, kOwn = 1, kBlas = 2 };
+std::atomic<int> gemm_setting{-1};  // -1: not read from the environment yet
+
+bool use_own_gemm() {
+  int setting = gemm_setting.load(std::memory_order_relaxed);
+  if (setting < 0) {
+    const char* env = std::getenv("MESRGAN_CPU_GEMM");
+    const std::string want = env ? env : "";
+    setting = static_cast<int>(want == "own" ? GemmChoice::kOwn : want == "blas" ? GemmChoice::kBlas
+                                                                                   : GemmChoice::kDefault);
+    gemm_setting.store(setting, std::memory_order_relaxed);
+  }
+  if (!cpu_has_avx2() || setting == static_cast<int>(GemmChoice::kBlas)) return false;
+  return setting == static_cast<int>(GemmChoice::kOwn) || tile_isa() == "avx2";
+}
+
 template <typename T>
 TileFns<T> tile_fns() {
 #ifdef MESRGAN_HAVE_AVX_TILES
@@ -112,6 +149,24 @@ at::Tensor mat(const T* p, int64_t rows, int64_t cols, int64_t ld) {
                        at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
 }
 
+using OwnB = cpu::avx2::gemm::BMatrix;
+
+// What a GEMM's result gets on its way out, in this order (each optional): += C (accumulate),
+// + bias (per column), LeakyReLU, + add (same layout as C), * LeakyReLU'(mask) read from mask's sign.
+template <typename T>
+struct Epi {
+  bool accumulate = false;
+  const T* bias = nullptr;
+  bool leaky = false;
+  const T* add = nullptr;
+  const T* mask = nullptr;
+};
+
+// Our kernel's packed copies of the 1x1 weights as the four GEMMs read them (float32 only).
+struct OwnWeights {
+  OwnB expand, project, project_t, expand_t;
+};
+
 template <typename T>
 struct Block {
   Dims d;
@@ -126,8 +181,48 @@ struct Block {
   bool skip;
   T slope;
   TileFns<T> fn;
+  bool own_gemm;  // our GEMM (float32, AVX2) instead of BLAS
+  OwnWeights own;
 
   const T* x_row(int64_t n, int64_t r) const { return x + (n * d.H + r) * d.W * d.c_in; }
+
+  // C (M x N, rows of N) = A . B then the epilogue ep (whose add / mask have C's layout). A's
+  // element (i, k) is A[i * a_rs + k * a_cs] with a_rs or a_cs 1; B is given as a tensor view for BLAS
+  // and as our kernel's BMatrix.
+  void matmul(int64_t M, int64_t N, int64_t K, const T* A, int64_t a_rs, int64_t a_cs, const at::Tensor& b_view,
+              const OwnB& b_own, T* C, const Epi<T>& ep) const {
+    if constexpr (std::is_same_v<T, float>) {
+#ifdef MESRGAN_HAVE_AVX_TILES
+      if (own_gemm) {
+        cpu::avx2::gemm::Epilogue e;
+        e.accumulate = ep.accumulate;
+        e.bias = ep.bias;
+        e.leaky = ep.leaky;
+        e.add = ep.add;
+        e.ld_add = N;
+        e.mask = ep.mask;
+        e.ld_mask = N;
+        e.slope = slope;
+        cpu::avx2::gemm::gemm(M, N, K, A, a_rs, a_cs, b_own, C, N, e);
+        return;
+      }
+#endif
+    }
+    at::Tensor a = at::from_blob(const_cast<T*>(A), {M, K}, {a_rs, a_cs},
+                                 at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+    at::Tensor c = mat(C, M, N, N);
+    if (ep.accumulate) {
+      c.addmm_(a, b_view);
+    } else {
+      at::mm_out(c, a, b_view);
+    }
+    if (ep.leaky) {
+      fn.bias_leaky(C, ep.bias, M, N, slope);  // no caller has both a LeakyReLU and an add
+    } else if (ep.bias || ep.add) {
+      fn.add_bias_skip(C, ep.bias, ep.add, M, N);
+    }
+    if (ep.mask) fn.leaky_mask(C, ep.mask, M * N, slope);
+  }
 
   // h1 for image rows [lo, hi) of image n into dst (consecutive rows); rows outside the image are
   // the depthwise's zero padding.
@@ -138,10 +233,11 @@ struct Block {
     if (b < hi) std::memset(dst + (std::max(b, lo) - lo) * row, 0, sizeof(T) * (hi - std::max(b, lo)) * row);
     if (b <= a) return;
     const int64_t P = (b - a) * d.W;
-    T* out = dst + (a - lo) * row;
-    at::Tensor c = mat(out, P, d.hidden, d.hidden);
-    at::mm_out(c, mat(x_row(n, a), P, d.c_in, d.c_in), mat(w1, d.hidden, d.c_in, d.c_in).t());
-    fn.bias_leaky(out, b1, P, d.hidden, slope);
+    Epi<T> ep;
+    ep.bias = b1;
+    ep.leaky = true;
+    matmul(P, d.hidden, d.c_in, x_row(n, a), d.c_in, 1, mat(w1, d.hidden, d.c_in, d.c_in).t(), own.expand,
+           dst + (a - lo) * row, ep);
   }
 
   // h2 for image rows [lo, hi) into dst from h1, where h1 holds image rows from h1_base on; rows
@@ -162,10 +258,10 @@ struct Block {
     const int64_t a = std::max<int64_t>(lo, 0), b = std::min(hi, d.H);
     if (b <= a) return;
     const int64_t P = (b - a) * d.W;
-    T* out = dst + (a - lo) * row;
-    at::Tensor c = mat(out, P, d.hidden, d.hidden);
-    at::mm_out(c, mat(dy + (n * d.H + a) * d.W * d.c_out, P, d.c_out, d.c_out), mat(w2, d.c_out, d.hidden, d.hidden));
-    fn.leaky_mask(out, h2 + (a - lo) * row, P * d.hidden, slope);
+    Epi<T> ep;
+    ep.mask = h2 + (a - lo) * row;
+    matmul(P, d.hidden, d.c_out, dy + (n * d.H + a) * d.W * d.c_out, d.c_out, 1, mat(w2, d.c_out, d.hidden, d.hidden),
+           own.project_t, dst + (a - lo) * row, ep);
   }
 };
 
@@ -188,11 +284,11 @@ void forward_chunk(const Block<T>& k, T* y, int64_t n, int64_t r0, int64_t r1, i
       k.expand_rows(n, a + 1, b + 1, h1 + 2 * row);
     }
     k.fn.dw_forward(h1 + (a - 1 - base) * row, k.wt, k.bd, h2, b - a, d.W, d.hidden, k.slope);
-    const int64_t P = (b - a) * d.W;
-    T* out = y + (n * d.H + a) * d.W * d.c_out;
-    at::Tensor c = mat(out, P, d.c_out, d.c_out);
-    at::mm_out(c, mat(h2, P, d.hidden, d.hidden), mat(k.w2, d.c_out, d.hidden, d.hidden).t());
-    k.fn.add_bias_skip(out, k.b2, k.skip ? k.x_row(n, a) : nullptr, P, d.c_out);
+    Epi<T> ep;
+    ep.bias = k.b2;
+    ep.add = k.skip ? k.x_row(n, a) : nullptr;
+    k.matmul((b - a) * d.W, d.c_out, d.hidden, h2, d.hidden, 1, mat(k.w2, d.c_out, d.hidden, d.hidden).t(),
+             k.own.project, y + (n * d.H + a) * d.W * d.c_out, ep);
   }
 }
 
@@ -218,9 +314,30 @@ Block<T> make_block(const at::Tensor& x, const at::Tensor& w1, const at::Tensor&
           w2.reshape({d.c_out, d.hidden}).contiguous(),
           b1.defined() ? b1.contiguous() : b1, bd.defined() ? bd.contiguous() : bd,
           b2.defined() ? b2.contiguous() : b2};
-  return Block<T>{d, x.data_ptr<T>(), keep[0].data_ptr<T>(), ptr_or_null<T>(keep[4]), keep[1].data_ptr<T>(),
-                  ptr_or_null<T>(keep[2]), ptr_or_null<T>(keep[5]), keep[3].data_ptr<T>(), ptr_or_null<T>(keep[6]),
-                  skip, static_cast<T>(slope), tile_fns<T>()};
+  Block<T> k{d, x.data_ptr<T>(), keep[0].data_ptr<T>(), ptr_or_null<T>(keep[4]), keep[1].data_ptr<T>(),
+             ptr_or_null<T>(keep[2]), ptr_or_null<T>(keep[5]), keep[3].data_ptr<T>(), ptr_or_null<T>(keep[6]),
+             skip, static_cast<T>(slope), tile_fns<T>(), false, OwnWeights{}};
+  if constexpr (std::is_same_v<T, float>) {
+#ifdef MESRGAN_HAVE_AVX_TILES
+    if (use_own_gemm()) {
+      // Packing all four costs one pass over the weights, nothing beside the GEMMs over the pixels.
+      namespace g = cpu::avx2::gemm;
+      const int64_t sizes[4] = {g::packed_size(d.c_in, d.hidden), g::packed_size(d.hidden, d.c_out),
+                                g::packed_size(d.c_out, d.hidden), g::packed_size(d.hidden, d.c_in)};
+      at::Tensor packed = at::empty({sizes[0] + sizes[1] + sizes[2] + sizes[3]}, x.options());
+      float* p = packed.data_ptr<float>();
+      const float* w1p = k.w1;
+      const float* w2p = k.w2;
+      k.own.expand = g::pack_b(w1p, d.c_in, d.hidden, 1, d.c_in, p);                          // W1^T
+      k.own.project = g::pack_b(w2p, d.hidden, d.c_out, 1, d.hidden, p += sizes[0]);          // W2^T
+      k.own.project_t = g::pack_b(w2p, d.c_out, d.hidden, d.hidden, 1, p += sizes[1]);        // W2
+      k.own.expand_t = g::pack_b(w1p, d.hidden, d.c_in, d.c_in, 1, p += sizes[2]);            // W1
+      keep.push_back(packed);
+      k.own_gemm = true;
+    }
+#endif
+  }
+  return k;
 }
 
 at::Tensor channels_last(const at::Tensor& t) { return t.contiguous(at::MemoryFormat::ChannelsLast); }
@@ -319,10 +436,11 @@ void backward_chunk(const Block<T>& k, const Needs& need, const GradLayout& gl, 
     const int64_t P = (b - a) * d.W;
     const T* dy_band = dy + (n * d.H + a) * d.W * d.c_out;
     const T* h2_band = h2 + (a - base2) * row;
-    if (need.w2) {
-      at::Tensor gw2 = mat(part + gl.w2, d.c_out, d.hidden, d.hidden);
-      gw2.addmm_(mat(dy_band, P, d.c_out, d.c_out).t(), mat(h2_band, P, d.hidden, d.hidden));
-    }
+    Epi<T> acc;
+    acc.accumulate = true;
+    if (need.w2)  // dW2 += dy^T h2
+      k.matmul(d.c_out, d.hidden, P, dy_band, 1, d.c_out, mat(h2_band, P, d.hidden, d.hidden),
+               OwnB{reinterpret_cast<const float*>(h2_band), d.hidden, cpu::avx2::gemm::kNR}, part + gl.w2, acc);
     if (need.b2) k.fn.column_sum(dy_band, P, d.c_out, part + gl.b2);
     if (need.wd || need.bd)
       k.fn.dw_backward_weight(h1 + (a - 1 - base1) * row, g2 + (a - base2) * row, part + gl.wd, part + gl.bd, b - a,
@@ -331,15 +449,14 @@ void backward_chunk(const Block<T>& k, const Needs& need, const GradLayout& gl, 
     k.fn.dw_backward_input(g2 + (a - 1 - base2) * row, k.wt_rot, h1 + (a - base1) * row, g1, b - a, d.W, d.hidden,
                            k.slope);
     if (need.b1) k.fn.column_sum(g1, P, d.hidden, part + gl.b1);
-    if (need.w1) {
-      at::Tensor gw1 = mat(part + gl.w1, d.hidden, d.c_in, d.c_in);
-      gw1.addmm_(mat(g1, P, d.hidden, d.hidden).t(), mat(k.x_row(n, a), P, d.c_in, d.c_in));
-    }
-    if (need.x) {
-      T* dx_band = dx + (n * d.H + a) * d.W * d.c_in;
-      at::Tensor c = mat(dx_band, P, d.c_in, d.c_in);
-      at::mm_out(c, mat(g1, P, d.hidden, d.hidden), mat(k.w1, d.hidden, d.c_in, d.c_in));
-      if (k.skip) k.fn.add_bias_skip(dx_band, static_cast<const T*>(nullptr), dy_band, P, d.c_in);
+    if (need.w1)  // dW1 += g1^T x
+      k.matmul(d.hidden, d.c_in, P, g1, 1, d.hidden, mat(k.x_row(n, a), P, d.c_in, d.c_in),
+               OwnB{reinterpret_cast<const float*>(k.x_row(n, a)), d.c_in, cpu::avx2::gemm::kNR}, part + gl.w1, acc);
+    if (need.x) {  // dx = g1 W1 (+ dy)
+      Epi<T> ep;
+      ep.add = k.skip ? dy_band : nullptr;
+      k.matmul(P, d.c_in, d.hidden, g1, d.hidden, 1, mat(k.w1, d.hidden, d.c_in, d.c_in), k.own.expand_t,
+               dx + (n * d.H + a) * d.W * d.c_in, ep);
     }
   }
 }
@@ -441,6 +558,22 @@ TORCH_LIBRARY_IMPL(mesrgan, CPU, m) {
 }
 
 static std::string cpu_tile_isa() { return tile_isa(); }
-TORCH_LIBRARY_FRAGMENT(mesrgan, m) { m.def("_cpu_tile_isa() -> str", &cpu_tile_isa); }
+
+// The float32 GEMM in use ("own" or "blas"); `which` = "own", "blas" or "default" first changes it
+// (for tests and benchmarks: the calls already running keep theirs).
+static std::string cpu_gemm(const std::string& which) {
+  TORCH_CHECK_VALUE(which.empty() || which == "own" || which == "blas" || which == "default",
+                    "_cpu_gemm: which must be 'own', 'blas' or 'default', got '", which, "'");
+  if (!which.empty())
+    gemm_setting.store(static_cast<int>(which == "own"    ? GemmChoice::kOwn
+                                        : which == "blas" ? GemmChoice::kBlas
+                                                          : GemmChoice::kDefault));
+  return use_own_gemm() ? "own" : "blas";
+}
+
+TORCH_LIBRARY_FRAGMENT(mesrgan, m) {
+  m.def("_cpu_tile_isa() -> str", &cpu_tile_isa);
+  m.def("_cpu_gemm(str which=\"\") -> str", &cpu_gemm);
+}
 
 }  // namespace mesrgan
