@@ -52,7 +52,8 @@ print(json.dumps({"peak_step_mib": (status_kb("VmHWM") - before) / 1024, "rss_be
 """
 
 
-def measure(preset, impl, batch, lr, threads, cache_mb=None):
+def measure(model, impl, batch, lr, threads, cache_mb=None):
+    """The step's peak above the resident set before it (MiB), and that resident set, for one run."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MALLOC_MMAP_THRESHOLD_="65536")
     if cache_mb is not None:
         env["MESRGAN_CPU_CACHE_MB"] = str(cache_mb)
