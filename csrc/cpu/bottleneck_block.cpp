@@ -57,25 +57,7 @@ struct TileFns {
         &cpu::NS::tiles::add_bias_skip<T>, &cpu::NS::tiles::leaky_mask<T>, &cpu::NS::tiles::column_sum<T> \
   }
 
-// "avx512", "avx2" or "base": the best the CPU has, or MESRGAN_CPU_ISA's choice (for testing).
-std::string tile_isa() {
-#ifdef MESRGAN_HAVE_AVX_TILES
-  static const std::string isa = [] {
-    const char* env = std::getenv("MESRGAN_CPU_ISA");
-    const std::string want = env ? env : "";
-    __builtin_cpu_init();
-    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
-    if (want == "base") return std::string("base");
-    if (want == "avx2") return std::string(avx2 ? "avx2" : "base");
-    return std::string(avx512 ? "avx512" : avx2 ? "avx2" : "base");
-  }();
-  return isa;
-#else
-  return "base";
-#endif
-}
-
+// The CPU runs AVX2 + FMA code (our AVX2 tiles and GEMM).
 bool cpu_has_avx2() {
 #ifdef MESRGAN_HAVE_AVX_TILES
   static const bool has = [] {
@@ -85,6 +67,24 @@ bool cpu_has_avx2() {
   return has;
 #else
   return false;
+#endif
+}
+
+// "avx512", "avx2" or "base": the best the CPU has, or MESRGAN_CPU_ISA's choice (for testing).
+std::string tile_isa() {
+#ifdef MESRGAN_HAVE_AVX_TILES
+  static const std::string isa = [] {
+    const char* env = std::getenv("MESRGAN_CPU_ISA");
+    const std::string want = env ? env : "";
+    const bool avx2 = cpu_has_avx2();
+    const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
+    if (want == "base") return std::string("base");
+    if (want == "avx2") return std::string(avx2 ? "avx2" : "base");
+    return std::string(avx512 ? "avx512" : avx2 ? "avx2" : "base");
+  }();
+  return isa;
+#else
+  return "base";
 #endif
 }
 
