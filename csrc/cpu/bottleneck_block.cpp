@@ -89,9 +89,9 @@ std::string tile_isa() {
 }
 
 // The float32 GEMMs: "own" (gemm_avx2.h) or "blas". By default our kernel where the tiles run AVX2
-// (measured faster than MKL on an AMD EPYC: see benchmarks/RESULTS.md) and BLAS elsewhere (MKL on
-// an AVX-512 Xeon was faster than our AVX2 tiles could be); MESRGAN_CPU_GEMM=own|blas or
-// _cpu_gemm(...) choose. "own" needs a CPU with AVX2 and FMA.
+// (measured faster than MKL on an AMD EPYC: see benchmarks/RESULTS.md) and BLAS elsewhere (MKL ran
+// at 70-85 GMAC/s a core on an AVX-512 Xeon, where our AVX2 kernel has not been measured);
+// MESRGAN_CPU_GEMM=own|blas or _cpu_gemm(...) choose. "own" needs a CPU with AVX2 and FMA.
 enum class GemmChoice : int { kDefault = 0, kOwn = 1, kBlas = 2 };
 std::atomic<int> gemm_setting{-1};  // -1: not read from the environment yet
 
