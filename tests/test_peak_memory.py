@@ -20,6 +20,6 @@ def test_a_training_step_takes_memory_above_the_model():
     assert result["peak_step_mib"] > 0   # the step's activations and gradients come on top
 
 
-def test_unknown_model_is_refused_by_name(capsys):
+def test_unknown_model_is_refused_by_name():
     with pytest.raises(SystemExit, match="unknown model 'esrgan'"):
         peak_memory.main(["--models", "esrgan", "--batches", "1"])

@@ -186,6 +186,12 @@ struct Block {
 
   const T* x_row(int64_t n, int64_t r) const { return x + (n * d.H + r) * d.W * d.c_in; }
 
+  // A row-major K x N matrix with row stride ld as our kernel reads B (float32 only; unused otherwise).
+  static OwnB own_rows(const T* p, int64_t ld) {
+    if constexpr (std::is_same_v<T, float>) return OwnB{p, ld, cpu::avx2::gemm::kNR};
+    return OwnB{};
+  }
+
   // C (M x N, rows of N) = A . B then the epilogue ep (whose add / mask have C's layout). A's
   // element (i, k) is A[i * a_rs + k * a_cs] with a_rs or a_cs 1; B is given as a tensor view for BLAS
   // and as our kernel's BMatrix.
@@ -440,7 +446,7 @@ void backward_chunk(const Block<T>& k, const Needs& need, const GradLayout& gl, 
     acc.accumulate = true;
     if (need.w2)  // dW2 += dy^T h2
       k.matmul(d.c_out, d.hidden, P, dy_band, 1, d.c_out, mat(h2_band, P, d.hidden, d.hidden),
-               OwnB{reinterpret_cast<const float*>(h2_band), d.hidden, cpu::avx2::gemm::kNR}, part + gl.w2, acc);
+               k.own_rows(h2_band, d.hidden), part + gl.w2, acc);
     if (need.b2) k.fn.column_sum(dy_band, P, d.c_out, part + gl.b2);
     if (need.wd || need.bd)
       k.fn.dw_backward_weight(h1 + (a - 1 - base1) * row, g2 + (a - base2) * row, part + gl.wd, part + gl.bd, b - a,
@@ -451,7 +457,7 @@ void backward_chunk(const Block<T>& k, const Needs& need, const GradLayout& gl, 
     if (need.b1) k.fn.column_sum(g1, P, d.hidden, part + gl.b1);
     if (need.w1)  // dW1 += g1^T x
       k.matmul(d.hidden, d.c_in, P, g1, 1, d.hidden, mat(k.x_row(n, a), P, d.c_in, d.c_in),
-               OwnB{reinterpret_cast<const float*>(k.x_row(n, a)), d.c_in, cpu::avx2::gemm::kNR}, part + gl.w1, acc);
+               k.own_rows(k.x_row(n, a), d.c_in), part + gl.w1, acc);
     if (need.x) {  // dx = g1 W1 (+ dy)
       Epi<T> ep;
       ep.add = k.skip ? dy_band : nullptr;

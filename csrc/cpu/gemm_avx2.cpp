@@ -6,7 +6,6 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 
 #include "cpu/gemm_avx2.h"
 
