@@ -103,21 +103,23 @@ def test_larger_float32_gradients_match_unfused(one_thread):
         assert err < 1e-5, f"grad of {name}: relative error {err:.2e}"
 
 
-@pytest.fixture(params=["own", "blas"])
+@pytest.fixture(params=["avx2", "avx512", "blas"])
 def gemm(request):
-    """Runs a test with each float32 GEMM of the CPU kernel: ours (AVX2) and ATen's BLAS."""
-    if request.param == "own" and torch.ops.mesrgan._cpu_gemm("own") != "own":
+    """Runs a test with each float32 GEMM of the CPU kernel: ours (AVX2, AVX-512) and ATen's BLAS."""
+    try:
+        if torch.ops.mesrgan._cpu_gemm(request.param) != request.param:
+            pytest.skip(f"the CPU (or MESRGAN_CPU_ISA) does not run the {request.param} GEMM")
+        yield request.param
+    finally:
         torch.ops.mesrgan._cpu_gemm("default")
-        pytest.skip("our GEMM needs a CPU with AVX2 and FMA")
-    torch.ops.mesrgan._cpu_gemm(request.param)
-    yield request.param
-    torch.ops.mesrgan._cpu_gemm("default")
 
 
-@pytest.mark.parametrize("case", random_cases(12, seed=5) + [(2, 192, 5, 7, 384, 64, False), (1, 64, 9, 6, 128, 64, True)],
+@pytest.mark.parametrize("case", random_cases(12, seed=5) + [(2, 192, 5, 7, 384, 64, False), (1, 64, 9, 6, 128, 64, True),
+                                                         (1, 40, 5, 5, 48, 40, True), (1, 8, 13, 1, 16, 24, False)],
                          ids=str)
 def test_float32_gemms_match_float64_reference(case, gemm):
-    # Odd sizes put every GEMM through its edge tiles: rows left over from 6, columns from 16, K of 1.
+    # Odd sizes put every GEMM through its edge tiles: rows left over from 6 and 12, columns from 16
+    # and 32, K of 1.
     n, c_in, h, w, hidden, c_out, skip = case
     x, params = make(n, c_in, h, w, hidden, c_out, dtype=torch.float32, layout="channels_last", seed=sum(case))
     ours, ref = leaves(x, params), leaves(x.double(), [p.double() for p in params])
@@ -132,13 +134,24 @@ def test_float32_gemms_match_float64_reference(case, gemm):
         assert err < 2e-6, f"{name} with the {gemm} GEMM: relative error {err:.2e}"
 
 
+def cpu_vendor():
+    with open("/proc/cpuinfo") as f:
+        return next((line.split(":")[1].strip() for line in f if line.startswith("vendor_id")), "")
+
+
 def test_gemm_choice():
     isa = torch.ops.mesrgan._cpu_tile_isa()
     try:
         default = torch.ops.mesrgan._cpu_gemm("default")
-        assert default == ("own" if isa == "avx2" else "blas")
+        if isa == "avx2":
+            assert default == "avx2"
+        elif isa == "avx512":
+            assert default == ("blas" if cpu_vendor() == "GenuineIntel" else "avx512")
         assert torch.ops.mesrgan._cpu_gemm("blas") == "blas"
-        with pytest.raises(ValueError, match="which must be 'own', 'blas' or 'default'"):
+        if isa in ("avx2", "avx512"):
+            assert torch.ops.mesrgan._cpu_gemm("own") == isa
+            assert torch.ops.mesrgan._cpu_gemm("avx2") == "avx2"
+        with pytest.raises(ValueError, match="which must be 'own', 'avx2', 'avx512', 'blas' or 'default'"):
             torch.ops.mesrgan._cpu_gemm("fast")
     finally:
         torch.ops.mesrgan._cpu_gemm("default")

@@ -88,25 +88,49 @@ std::string tile_isa() {
 #endif
 }
 
-// The float32 GEMMs: "own" (gemm_avx2.h) or "blas". By default our kernel where the tiles run AVX2
-// (measured faster than MKL on an AMD EPYC: see benchmarks/RESULTS.md) and BLAS elsewhere (MKL ran
-// at 70-85 GMAC/s a core on an AVX-512 Xeon, where our AVX2 kernel has not been measured);
-// MESRGAN_CPU_GEMM=own|blas or _cpu_gemm(...) choose. "own" needs a CPU with AVX2 and FMA.
-enum class GemmChoice : int { kDefault = 0, kOwn = 1, kBlas = 2 };
+// The float32 GEMMs: ours for AVX2 or AVX-512 (gemm_avx2.h), or ATen's BLAS.
+enum class Gemm : int { kBlas, kAvx2, kAvx512 };
+// What was asked for, by MESRGAN_CPU_GEMM or _cpu_gemm(...): "" / "default", "own" (ours at the widest
+// ISA the tiles run), "avx2", "avx512" or "blas".
+enum class GemmWant : int { kDefault = 0, kOwn, kAvx2, kAvx512, kBlas };
 std::atomic<int> gemm_setting{-1};  // -1: not read from the environment yet
 
-bool use_own_gemm() {
+GemmWant parse_gemm_want(const std::string& s) {
+  return s == "own" ? GemmWant::kOwn : s == "avx2" ? GemmWant::kAvx2 : s == "avx512" ? GemmWant::kAvx512
+         : s == "blas" ? GemmWant::kBlas : GemmWant::kDefault;
+}
+
+bool cpu_is_intel() {
+#ifdef MESRGAN_HAVE_AVX_TILES
+  static const bool intel = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_is("intel") != 0;
+  }();
+  return intel;
+#else
+  return false;
+#endif
+}
+
+// By default our kernel at the tiles' ISA, except on an Intel CPU with AVX-512, where MKL ran at
+// 70-85 GMAC/s a core (ours not measured there). On AMD CPUs MKL is slow (it does not take its
+// AVX-512 path on them) and ours is faster in both widths: see benchmarks/RESULTS.md.
+Gemm gemm_in_use() {
   int setting = gemm_setting.load(std::memory_order_relaxed);
   if (setting < 0) {
     const char* env = std::getenv("MESRGAN_CPU_GEMM");
-    const std::string want = env ? env : "";
-    setting = static_cast<int>(want == "own" ? GemmChoice::kOwn : want == "blas" ? GemmChoice::kBlas
-                                                                                   : GemmChoice::kDefault);
+    setting = static_cast<int>(parse_gemm_want(env ? env : ""));
     gemm_setting.store(setting, std::memory_order_relaxed);
   }
-  if (!cpu_has_avx2() || setting == static_cast<int>(GemmChoice::kBlas)) return false;
-  return setting == static_cast<int>(GemmChoice::kOwn) || tile_isa() == "avx2";
+  const auto want = static_cast<GemmWant>(setting);
+  if (!cpu_has_avx2() || want == GemmWant::kBlas) return Gemm::kBlas;
+  const Gemm widest = tile_isa() == "avx512" ? Gemm::kAvx512 : Gemm::kAvx2;
+  if (want == GemmWant::kAvx2 || tile_isa() == "base") return Gemm::kAvx2;
+  if (want == GemmWant::kOwn || want == GemmWant::kAvx512) return widest;
+  return widest == Gemm::kAvx512 && cpu_is_intel() ? Gemm::kBlas : widest;
 }
+
+const char* gemm_name(Gemm g) { return g == Gemm::kAvx512 ? "avx512" : g == Gemm::kAvx2 ? "avx2" : "blas"; }
 
 template <typename T>
 TileFns<T> tile_fns() {
@@ -181,7 +205,7 @@ struct Block {
   bool skip;
   T slope;
   TileFns<T> fn;
-  bool own_gemm;  // our GEMM (float32, AVX2) instead of BLAS
+  Gemm gemm;  // float32 only: our GEMM (AVX2 or AVX-512) or BLAS
   OwnWeights own;
 
   const T* x_row(int64_t n, int64_t r) const { return x + (n * d.H + r) * d.W * d.c_in; }
@@ -199,7 +223,7 @@ struct Block {
               const OwnB& b_own, T* C, const Epi<T>& ep) const {
     if constexpr (std::is_same_v<T, float>) {
 #ifdef MESRGAN_HAVE_AVX_TILES
-      if (own_gemm) {
+      if (gemm != Gemm::kBlas) {
         cpu::avx2::gemm::Epilogue e;
         e.accumulate = ep.accumulate;
         e.bias = ep.bias;
@@ -209,7 +233,11 @@ struct Block {
         e.mask = ep.mask;
         e.ld_mask = N;
         e.slope = slope;
-        cpu::avx2::gemm::gemm(M, N, K, A, a_rs, a_cs, b_own, C, N, e);
+        if (gemm == Gemm::kAvx512) {
+          cpu::avx512::gemm::gemm(M, N, K, A, a_rs, a_cs, b_own, C, N, e);
+        } else {
+          cpu::avx2::gemm::gemm(M, N, K, A, a_rs, a_cs, b_own, C, N, e);
+        }
         return;
       }
 #endif
@@ -322,10 +350,11 @@ Block<T> make_block(const at::Tensor& x, const at::Tensor& w1, const at::Tensor&
           b2.defined() ? b2.contiguous() : b2};
   Block<T> k{d, x.data_ptr<T>(), keep[0].data_ptr<T>(), ptr_or_null<T>(keep[4]), keep[1].data_ptr<T>(),
              ptr_or_null<T>(keep[2]), ptr_or_null<T>(keep[5]), keep[3].data_ptr<T>(), ptr_or_null<T>(keep[6]),
-             skip, static_cast<T>(slope), tile_fns<T>(), false, OwnWeights{}};
+             skip, static_cast<T>(slope), tile_fns<T>(), Gemm::kBlas, OwnWeights{}};
   if constexpr (std::is_same_v<T, float>) {
 #ifdef MESRGAN_HAVE_AVX_TILES
-    if (use_own_gemm()) {
+    const Gemm gemm = gemm_in_use();
+    if (gemm != Gemm::kBlas) {
       // Packing all four costs one pass over the weights, nothing beside the GEMMs over the pixels.
       namespace g = cpu::avx2::gemm;
       const int64_t sizes[4] = {g::packed_size(d.c_in, d.hidden), g::packed_size(d.hidden, d.c_out),
@@ -339,7 +368,7 @@ Block<T> make_block(const at::Tensor& x, const at::Tensor& w1, const at::Tensor&
       k.own.project_t = g::pack_b(w2p, d.c_out, d.hidden, d.hidden, 1, p += sizes[1]);        // W2
       k.own.expand_t = g::pack_b(w1p, d.hidden, d.c_in, d.c_in, 1, p += sizes[2]);            // W1
       keep.push_back(packed);
-      k.own_gemm = true;
+      k.gemm = gemm;
     }
 #endif
   }
@@ -565,16 +594,15 @@ TORCH_LIBRARY_IMPL(mesrgan, CPU, m) {
 
 static std::string cpu_tile_isa() { return tile_isa(); }
 
-// The float32 GEMM in use ("own" or "blas"); `which` = "own", "blas" or "default" first changes it
-// (for tests and benchmarks: the calls already running keep theirs).
+// The float32 GEMM in use ("avx512", "avx2" or "blas"); `which` = "own", "avx2", "avx512", "blas" or
+// "default" first changes it (for tests and benchmarks: the calls already running keep theirs). A
+// kernel the CPU lacks falls back to the nearest it has, so the answer says what runs.
 static std::string cpu_gemm(const std::string& which) {
-  TORCH_CHECK_VALUE(which.empty() || which == "own" || which == "blas" || which == "default",
-                    "_cpu_gemm: which must be 'own', 'blas' or 'default', got '", which, "'");
-  if (!which.empty())
-    gemm_setting.store(static_cast<int>(which == "own"    ? GemmChoice::kOwn
-                                        : which == "blas" ? GemmChoice::kBlas
-                                                          : GemmChoice::kDefault));
-  return use_own_gemm() ? "own" : "blas";
+  TORCH_CHECK_VALUE(which.empty() || which == "own" || which == "avx2" || which == "avx512" || which == "blas" ||
+                        which == "default",
+                    "_cpu_gemm: which must be 'own', 'avx2', 'avx512', 'blas' or 'default', got '", which, "'");
+  if (!which.empty()) gemm_setting.store(static_cast<int>(parse_gemm_want(which)));
+  return gemm_name(gemm_in_use());
 }
 
 TORCH_LIBRARY_FRAGMENT(mesrgan, m) {

@@ -50,5 +50,13 @@ BMatrix pack_b(const float* src, int64_t K, int64_t N, int64_t ks, int64_t js, f
 
 }  // namespace gemm
 }  // namespace avx2
+
+// The same GEMM for AVX-512F (gemm_avx512.cpp): the same B layout and epilogue, 12 x 32 register tiles.
+namespace avx512 {
+namespace gemm {
+void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t a_rs, int64_t a_cs, const avx2::gemm::BMatrix& B,
+          float* C, int64_t ldc, const avx2::gemm::Epilogue& ep);
+}  // namespace gemm
+}  // namespace avx512
 }  // namespace cpu
 }  // namespace mesrgan
