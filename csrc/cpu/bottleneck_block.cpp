@@ -10,9 +10,10 @@
 //   backward: recomputes h1 (two halo rows each side) and h2 (one) the same way, then
 //             g2 = (dy W2) * act'(h2), g1 = depthwise^T(g2) * act'(h1), dx = g1 W1 (+ dy),
 //             and accumulates dW2 += dy^T h2, dW1 += g1^T x, the depthwise and bias gradients.
-// The 1x1 convolutions are GEMMs on the band: in float32 on an AVX2 CPU our own kernel
-// (gemm_avx2.h, with the bias / LeakyReLU / skip / mask folded into its stores), else ATen's BLAS
-// (MKL: about 70-85 GMAC/s per core on an AVX-512 Xeon at these sizes, but about 25 on an AMD EPYC)
+// The 1x1 convolutions are GEMMs on the band: in float32 our own kernel at the tiles' width
+// (gemm_avx2.h: AVX2 or AVX-512, with the bias / LeakyReLU / skip / mask folded into its stores),
+// except on Intel CPUs with AVX-512 and in float64: ATen's BLAS there (MKL: about 70-85 GMAC/s per
+// core on an AVX-512 Xeon at these sizes, but about 25 on AMD EPYCs, where it does not use AVX-512)
 // followed by a tile pass for the epilogue. The depthwise and the epilogues are our tile kernels
 // (bottleneck_tiles.h), compiled per ISA and picked at run time.
 // Weight gradients go to a few partial sums (one per group of chunks) whose number depends on the

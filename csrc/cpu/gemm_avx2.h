@@ -1,5 +1,6 @@
 // A single-threaded float32 GEMM for AVX2 + FMA with the fused bottleneck block's epilogues
-// (gemm_avx2.cpp), for the small matrices of one band of rows: C (M x N) = A (M x K) . B (K x N).
+// (gemm_avx2.cpp), for the small matrices of one band of rows: C (M x N) = A (M x K) . B (K x N);
+// and its AVX-512 twin (gemm_avx512.cpp, declared at the end), which reads the same packed B.
 //
 // Why our own: on an AMD EPYC (Zen, AVX2) MKL's sgemm reached 34-54 GMAC/s on 2 cores at these sizes,
 // 37-59% of the FMA units' peak. This kernel folds the bias / LeakyReLU / skip / mask into the store
