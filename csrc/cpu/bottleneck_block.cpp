@@ -125,9 +125,10 @@ Gemm gemm_in_use() {
   }
   const auto want = static_cast<GemmWant>(setting);
   if (!cpu_has_avx2() || want == GemmWant::kBlas) return Gemm::kBlas;
+  if (want == GemmWant::kAvx2) return Gemm::kAvx2;
   const Gemm widest = tile_isa() == "avx512" ? Gemm::kAvx512 : Gemm::kAvx2;
-  if (want == GemmWant::kAvx2 || tile_isa() == "base") return Gemm::kAvx2;
   if (want == GemmWant::kOwn || want == GemmWant::kAvx512) return widest;
+  if (tile_isa() == "base") return Gemm::kBlas;  // MESRGAN_CPU_ISA=base: no AVX kernel unless asked for
   return widest == Gemm::kAvx512 && cpu_is_intel() ? Gemm::kBlas : widest;
 }
 
