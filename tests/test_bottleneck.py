@@ -147,6 +147,8 @@ def test_gemm_choice():
             assert default == "avx2"
         elif isa == "avx512":
             assert default == ("blas" if cpu_vendor() == "GenuineIntel" else "avx512")
+        else:
+            assert default == "blas"
         assert torch.ops.mesrgan._cpu_gemm("blas") == "blas"
         if isa in ("avx2", "avx512"):
             assert torch.ops.mesrgan._cpu_gemm("own") == isa
