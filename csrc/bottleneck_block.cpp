@@ -72,6 +72,16 @@ TORCH_LIBRARY_FRAGMENT(mesrgan, m) {
   m.def("bottleneck_block_backward(Tensor grad_out, Tensor x, Tensor expand_weight, Tensor? expand_bias, "
         "Tensor dw_weight, Tensor? dw_bias, Tensor project_weight, bool skip, float negative_slope, "
         "bool[7] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // For a dense block's layers that read and write channel slices of one channels_last buffer
+  // (mesrgan/ops/dense.py), in eager mode only: the forward into `out`, and the backward that writes
+  // or accumulates x's gradient into `grad_x` (when output_mask[0]) and returns the six weight
+  // gradients. Neither has autograd: they are the pieces of a Function's forward and backward.
+  m.def("_bottleneck_block_out(Tensor x, Tensor expand_weight, Tensor? expand_bias, Tensor dw_weight, "
+        "Tensor? dw_bias, Tensor project_weight, Tensor? project_bias, bool skip, float negative_slope, "
+        "Tensor(a!) out) -> ()");
+  m.def("_bottleneck_block_backward_into(Tensor grad_out, Tensor x, Tensor expand_weight, Tensor? expand_bias, "
+        "Tensor dw_weight, Tensor? dw_bias, Tensor project_weight, bool skip, float negative_slope, "
+        "bool[7] output_mask, Tensor(a!) grad_x, bool accumulate) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 }  // namespace mesrgan

@@ -45,10 +45,10 @@ struct TileFns {
   void (*dw_forward)(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, T);
   void (*dw_backward_input)(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, T);
   void (*dw_backward_weight)(const T*, const T*, T*, T*, int64_t, int64_t, int64_t);
-  void (*bias_leaky)(T*, const T*, int64_t, int64_t, T);
-  void (*add_bias_skip)(T*, const T*, const T*, int64_t, int64_t);
+  void (*bias_leaky)(T*, int64_t, const T*, int64_t, int64_t, T);
+  void (*add_bias_skip)(T*, int64_t, const T*, const T*, int64_t, int64_t, int64_t);
   void (*leaky_mask)(T*, const T*, int64_t, T);
-  void (*column_sum)(const T*, int64_t, int64_t, T*);
+  void (*column_sum)(const T*, int64_t, int64_t, int64_t, T*);
 };
 
 #define MESRGAN_TILE_FNS(NS)                                                                               \
@@ -177,14 +177,18 @@ at::Tensor mat(const T* p, int64_t rows, int64_t cols, int64_t ld) {
 
 using OwnB = cpu::avx2::gemm::BMatrix;
 
-// What a GEMM's result gets on its way out, in this order (each optional): += C (accumulate),
-// + bias (per column), LeakyReLU, + add (same layout as C), * LeakyReLU'(mask) read from mask's sign.
+// Where a GEMM's result goes and what it gets on its way, in this order (each optional): += C
+// (accumulate), + bias (per column), LeakyReLU, + add, * LeakyReLU'(mask) read from mask's sign.
+// ldc: C's row stride (0: its columns, N); ld_add: add's (0: C's). mask has C's layout, and C is
+// dense when there is one.
 template <typename T>
 struct Epi {
+  int64_t ldc = 0;
   bool accumulate = false;
   const T* bias = nullptr;
   bool leaky = false;
   const T* add = nullptr;
+  int64_t ld_add = 0;
   const T* mask = nullptr;
 };
 
@@ -196,7 +200,8 @@ struct OwnWeights {
 template <typename T>
 struct Block {
   Dims d;
-  const T* x;      // (N, H, W, c_in)
+  const T* x;      // (N, H, W, c_in), its pixels ld_x elements apart (ld_x > c_in: a channel slice)
+  int64_t ld_x;
   const T* w1;     // (hidden, c_in)
   const T* b1;     // (hidden) or null
   const T* wt;     // depthwise weight, tap-major (9, hidden)
@@ -210,7 +215,7 @@ struct Block {
   Gemm gemm;  // float32 only: our GEMM (AVX2 or AVX-512) or BLAS
   OwnWeights own;
 
-  const T* x_row(int64_t n, int64_t r) const { return x + (n * d.H + r) * d.W * d.c_in; }
+  const T* x_row(int64_t n, int64_t r) const { return x + (n * d.H + r) * d.W * ld_x; }
 
   // A row-major K x N matrix with row stride ld as our kernel reads B (float32 only; unused otherwise).
   static OwnB own_rows(const T* p, int64_t ld) {
@@ -218,11 +223,12 @@ struct Block {
     return OwnB{};
   }
 
-  // C (M x N, rows of N) = A . B then the epilogue ep (whose add / mask have C's layout). A's
-  // element (i, k) is A[i * a_rs + k * a_cs] with a_rs or a_cs 1; B is given as a tensor view for BLAS
-  // and as our kernel's BMatrix.
+  // C (M x N) = A . B then the epilogue ep. A's element (i, k) is A[i * a_rs + k * a_cs] with a_rs or
+  // a_cs 1; B is given as a tensor view for BLAS and as our kernel's BMatrix.
   void matmul(int64_t M, int64_t N, int64_t K, const T* A, int64_t a_rs, int64_t a_cs, const at::Tensor& b_view,
               const OwnB& b_own, T* C, const Epi<T>& ep) const {
+    const int64_t ldc = ep.ldc ? ep.ldc : N;
+    const int64_t ld_add = ep.ld_add ? ep.ld_add : ldc;
     if constexpr (std::is_same_v<T, float>) {
 #ifdef MESRGAN_HAVE_AVX_TILES
       if (gemm != Gemm::kBlas) {
@@ -231,14 +237,14 @@ struct Block {
         e.bias = ep.bias;
         e.leaky = ep.leaky;
         e.add = ep.add;
-        e.ld_add = N;
+        e.ld_add = ld_add;
         e.mask = ep.mask;
-        e.ld_mask = N;
+        e.ld_mask = ldc;
         e.slope = slope;
         if (gemm == Gemm::kAvx512) {
-          cpu::avx512::gemm::gemm(M, N, K, A, a_rs, a_cs, b_own, C, N, e);
+          cpu::avx512::gemm::gemm(M, N, K, A, a_rs, a_cs, b_own, C, ldc, e);
         } else {
-          cpu::avx2::gemm::gemm(M, N, K, A, a_rs, a_cs, b_own, C, N, e);
+          cpu::avx2::gemm::gemm(M, N, K, A, a_rs, a_cs, b_own, C, ldc, e);
         }
         return;
       }
@@ -246,18 +252,18 @@ struct Block {
     }
     at::Tensor a = at::from_blob(const_cast<T*>(A), {M, K}, {a_rs, a_cs},
                                  at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
-    at::Tensor c = mat(C, M, N, N);
+    at::Tensor c = mat(C, M, N, ldc);
     if (ep.accumulate) {
       c.addmm_(a, b_view);
     } else {
       at::mm_out(c, a, b_view);
     }
     if (ep.leaky) {
-      fn.bias_leaky(C, ep.bias, M, N, slope);  // no caller has both a LeakyReLU and an add
+      fn.bias_leaky(C, ldc, ep.bias, M, N, slope);  // no caller has both a LeakyReLU and an add
     } else if (ep.bias || ep.add) {
-      fn.add_bias_skip(C, ep.bias, ep.add, M, N);
+      fn.add_bias_skip(C, ldc, ep.bias, ep.add, ld_add, M, N);
     }
-    if (ep.mask) fn.leaky_mask(C, ep.mask, M * N, slope);
+    if (ep.mask) fn.leaky_mask(C, ep.mask, M * N, slope);  // C dense here (ldc == N)
   }
 
   // h1 for image rows [lo, hi) of image n into dst (consecutive rows); rows outside the image are
@@ -272,7 +278,7 @@ struct Block {
     Epi<T> ep;
     ep.bias = b1;
     ep.leaky = true;
-    matmul(P, d.hidden, d.c_in, x_row(n, a), d.c_in, 1, mat(w1, d.hidden, d.c_in, d.c_in).t(), own.expand,
+    matmul(P, d.hidden, d.c_in, x_row(n, a), ld_x, 1, mat(w1, d.hidden, d.c_in, d.c_in).t(), own.expand,
            dst + (a - lo) * row, ep);
   }
 
@@ -286,8 +292,10 @@ struct Block {
     if (b > a) fn.dw_forward(h1 + (a - 1 - h1_base) * row, wt, bd, dst + (a - lo) * row, b - a, d.W, d.hidden, slope);
   }
 
-  // g2 = (dy W2) * act'(h2) for image rows [lo, hi) into dst; h2 holds the same rows. Zero outside.
-  void project_grad_rows(int64_t n, int64_t lo, int64_t hi, const T* dy, const T* h2, T* dst) const {
+  // g2 = (dy W2) * act'(h2) for image rows [lo, hi) into dst; h2 holds the same rows; dy's pixels are
+  // ld_dy elements apart. Zero outside.
+  void project_grad_rows(int64_t n, int64_t lo, int64_t hi, const T* dy, int64_t ld_dy, const T* h2,
+                         T* dst) const {
     const int64_t row = d.row_h();
     for (int64_t r = lo; r < hi; ++r)
       if (r < 0 || r >= d.H) std::memset(dst + (r - lo) * row, 0, sizeof(T) * row);
@@ -296,7 +304,7 @@ struct Block {
     const int64_t P = (b - a) * d.W;
     Epi<T> ep;
     ep.mask = h2 + (a - lo) * row;
-    matmul(P, d.hidden, d.c_out, dy + (n * d.H + a) * d.W * d.c_out, d.c_out, 1, mat(w2, d.c_out, d.hidden, d.hidden),
+    matmul(P, d.hidden, d.c_out, dy + (n * d.H + a) * d.W * ld_dy, ld_dy, 1, mat(w2, d.c_out, d.hidden, d.hidden),
            own.project_t, dst + (a - lo) * row, ep);
   }
 };
@@ -305,7 +313,8 @@ struct Block {
 // Forward.
 
 template <typename T>
-void forward_chunk(const Block<T>& k, T* y, int64_t n, int64_t r0, int64_t r1, int64_t R, T* h1, T* h2) {
+void forward_chunk(const Block<T>& k, T* y, int64_t ld_y, int64_t n, int64_t r0, int64_t r1, int64_t R, T* h1,
+                   T* h2) {
   const Dims& d = k.d;
   const int64_t row = d.row_h();
   int64_t base = r0 - 1;  // image row held by h1's first row
@@ -321,10 +330,12 @@ void forward_chunk(const Block<T>& k, T* y, int64_t n, int64_t r0, int64_t r1, i
     }
     k.fn.dw_forward(h1 + (a - 1 - base) * row, k.wt, k.bd, h2, b - a, d.W, d.hidden, k.slope);
     Epi<T> ep;
+    ep.ldc = ld_y;
     ep.bias = k.b2;
     ep.add = k.skip ? k.x_row(n, a) : nullptr;
+    ep.ld_add = k.ld_x;
     k.matmul((b - a) * d.W, d.c_out, d.hidden, h2, d.hidden, 1, mat(k.w2, d.c_out, d.hidden, d.hidden).t(),
-             k.own.project, y + (n * d.H + a) * d.W * d.c_out, ep);
+             k.own.project, y + (n * d.H + a) * d.W * ld_y, ep);
   }
 }
 
@@ -341,7 +352,7 @@ const T* ptr_or_null(const at::Tensor& t) {
 
 // The block's weights in the layouts the kernels read; `keep` holds the tensors behind the pointers.
 template <typename T>
-Block<T> make_block(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& wd,
+Block<T> make_block(const at::Tensor& x, int64_t ld_x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& wd,
                     const at::Tensor& bd, const at::Tensor& w2, const at::Tensor& b2, bool skip, double slope,
                     bool rotated, std::vector<at::Tensor>& keep) {
   const Dims d = dims_of(x, w1, w2);
@@ -350,7 +361,7 @@ Block<T> make_block(const at::Tensor& x, const at::Tensor& w1, const at::Tensor&
           w2.reshape({d.c_out, d.hidden}).contiguous(),
           b1.defined() ? b1.contiguous() : b1, bd.defined() ? bd.contiguous() : bd,
           b2.defined() ? b2.contiguous() : b2};
-  Block<T> k{d, x.data_ptr<T>(), keep[0].data_ptr<T>(), ptr_or_null<T>(keep[4]), keep[1].data_ptr<T>(),
+  Block<T> k{d, x.data_ptr<T>(), ld_x, keep[0].data_ptr<T>(), ptr_or_null<T>(keep[4]), keep[1].data_ptr<T>(),
              ptr_or_null<T>(keep[2]), ptr_or_null<T>(keep[5]), keep[3].data_ptr<T>(), ptr_or_null<T>(keep[6]),
              skip, static_cast<T>(slope), tile_fns<T>(), Gemm::kBlas, OwnWeights{}};
   if constexpr (std::is_same_v<T, float>) {
@@ -379,6 +390,30 @@ Block<T> make_block(const at::Tensor& x, const at::Tensor& w1, const at::Tensor&
 
 at::Tensor channels_last(const at::Tensor& t) { return t.contiguous(at::MemoryFormat::ChannelsLast); }
 
+// The distance in elements between neighbouring pixels when t's memory is NHWC with each pixel's
+// channels consecutive (a channels_last tensor, or a channel slice of one: a dense block's buffer),
+// else 0. The strides of size-1 dimensions do not matter.
+int64_t pixel_stride(const at::Tensor& t) {
+  const int64_t N = t.size(0), C = t.size(1), H = t.size(2), W = t.size(3);
+  if (C > 1 && t.stride(1) != 1) return 0;
+  const int64_t ld = W > 1 ? t.stride(3) : H > 1 ? t.stride(2) : N > 1 ? t.stride(0) : C;
+  if (ld < C || (H > 1 && t.stride(2) != W * ld) || (N > 1 && t.stride(0) != H * W * ld)) return 0;
+  return ld;
+}
+
+// t as the kernels read it, with its pixel stride: t itself when its memory is NHWC already (no copy
+// of a buffer's channel slice), else a channels_last copy.
+struct Nhwc {
+  at::Tensor t;
+  int64_t ld;
+};
+Nhwc as_nhwc(const at::Tensor& t) {
+  const int64_t ld = t.numel() > 0 ? pixel_stride(t) : 0;
+  if (ld > 0) return {t, ld};
+  at::Tensor c = channels_last(t);
+  return {c, std::max<int64_t>(c.size(1), 1)};
+}
+
 // The result in the memory format the caller's x has (the kernels work channels-last).
 at::Tensor in_callers_format(const at::Tensor& t, const at::Tensor& like) {
   return prefers_channels_last(like) ? t : t.contiguous();
@@ -386,23 +421,29 @@ at::Tensor in_callers_format(const at::Tensor& t, const at::Tensor& like) {
 
 at::Tensor defined_or_empty(const c10::optional<at::Tensor>& t) { return opt(t) ? *t : at::Tensor(); }
 
-}  // namespace
+// A tensor the caller hands in to be written: (N, C, H, W) as `shape` gives, x's dtype and device, NHWC.
+void check_destination(const at::Tensor& t, const at::Tensor& x, int64_t c, const char* op, const char* name) {
+  TORCH_CHECK_VALUE(t.dim() == 4 && t.size(0) == x.size(0) && t.size(1) == c && t.size(2) == x.size(2) &&
+                        t.size(3) == x.size(3),
+                    op, ": ", name, " must have shape (", x.size(0), ", ", c, ", ", x.size(2), ", ", x.size(3),
+                    "), got ", t.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type() && t.device() == x.device(), op, ": ", name,
+                   " must match x's dtype and device (", x.scalar_type(), ", ", x.device(), "), got ",
+                   t.scalar_type(), ", ", t.device());
+  TORCH_CHECK_VALUE(t.numel() == 0 || pixel_stride(t) > 0, op, ": ", name,
+                    " must be channels_last or a channel slice of a channels_last tensor, got strides ", t.strides());
+}
 
-at::Tensor bottleneck_block_cpu(const at::Tensor& x_in, const at::Tensor& expand_weight,
-                                const c10::optional<at::Tensor>& expand_bias, const at::Tensor& dw_weight,
-                                const c10::optional<at::Tensor>& dw_bias, const at::Tensor& project_weight,
-                                const c10::optional<at::Tensor>& project_bias, bool skip, double negative_slope) {
-  check_bottleneck_args(x_in, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, skip,
-                        negative_slope);
-  const at::Tensor x = channels_last(x_in);
-  const Dims d = dims_of(x, expand_weight, project_weight);
-  at::Tensor y = empty_output_cpu({d.N, d.c_out, d.H, d.W}, x.options(), Layout::NHWC);
-  if (y.numel() == 0) return in_callers_format(y, x_in);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bottleneck_block_cpu", [&] {
+// y (its pixels ld_y apart) = the block of x.
+void forward_into(const Nhwc& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1, const at::Tensor& wd,
+                  const c10::optional<at::Tensor>& bd, const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
+                  bool skip, double slope, const at::Tensor& y, int64_t ld_y) {
+  const Dims d = dims_of(x.t, w1, w2);
+  if (y.numel() == 0) return;
+  AT_DISPATCH_FLOATING_TYPES(x.t.scalar_type(), "bottleneck_block_cpu", [&] {
     std::vector<at::Tensor> keep;
-    const Block<scalar_t> k =
-        make_block<scalar_t>(x, expand_weight, defined_or_empty(expand_bias), dw_weight, defined_or_empty(dw_bias),
-                             project_weight, defined_or_empty(project_bias), skip, negative_slope, false, keep);
+    const Block<scalar_t> k = make_block<scalar_t>(x.t, x.ld, w1, defined_or_empty(b1), wd, defined_or_empty(bd), w2,
+                                                   defined_or_empty(b2), skip, slope, false, keep);
     // 128-1024 pixels per band measured the same here (16.3-15.5 ms on (16, 192, 32, 32) -> 384 -> 64).
     const int64_t R = band_rows(d, 256);
     // Enough chunks for every thread; chunks of at least two bands, so that halo rows stay few.
@@ -415,11 +456,41 @@ at::Tensor bottleneck_block_cpu(const at::Tensor& x_in, const at::Tensor& expand
       scalar_t* h2 = h1 + (R + 2) * d.row_h();
       for (int64_t t = begin; t < end; ++t) {
         const int64_t n = t / per_image, j = t % per_image;
-        forward_chunk(k, yp, n, d.H * j / per_image, d.H * (j + 1) / per_image, R, h1, h2);
+        forward_chunk(k, yp, ld_y, n, d.H * j / per_image, d.H * (j + 1) / per_image, R, h1, h2);
       }
     });
   });
+}
+
+}  // namespace
+
+at::Tensor bottleneck_block_cpu(const at::Tensor& x_in, const at::Tensor& expand_weight,
+                                const c10::optional<at::Tensor>& expand_bias, const at::Tensor& dw_weight,
+                                const c10::optional<at::Tensor>& dw_bias, const at::Tensor& project_weight,
+                                const c10::optional<at::Tensor>& project_bias, bool skip, double negative_slope) {
+  check_bottleneck_args(x_in, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, skip,
+                        negative_slope);
+  const Nhwc x = as_nhwc(x_in);
+  const Dims d = dims_of(x.t, expand_weight, project_weight);
+  at::Tensor y = empty_output_cpu({d.N, d.c_out, d.H, d.W}, x.t.options(), Layout::NHWC);
+  forward_into(x, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, skip, negative_slope,
+               y, std::max<int64_t>(d.c_out, 1));
   return in_callers_format(y, x_in);
+}
+
+// The same, written into `out` (channels_last, or a channel slice of a channels_last tensor, not
+// overlapping x): how a dense block's layer writes its features into the block's buffer.
+void bottleneck_block_out_cpu(const at::Tensor& x_in, const at::Tensor& expand_weight,
+                              const c10::optional<at::Tensor>& expand_bias, const at::Tensor& dw_weight,
+                              const c10::optional<at::Tensor>& dw_bias, const at::Tensor& project_weight,
+                              const c10::optional<at::Tensor>& project_bias, bool skip, double negative_slope,
+                              const at::Tensor& out) {
+  check_bottleneck_args(x_in, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, skip,
+                        negative_slope);
+  check_destination(out, x_in, project_weight.size(0), "_bottleneck_block_out", "out");
+  if (out.numel() == 0) return;
+  forward_into(as_nhwc(x_in), expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, skip,
+               negative_slope, out, pixel_stride(out));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -446,9 +517,21 @@ struct Needs {
   bool lower() const { return x || w1 || b1 || wd || bd; }  // anything below the projection
 };
 
+// dy as the backward reads it and dx as it writes it: pixels ld elements apart; dx is added to
+// (accumulate) or overwritten.
 template <typename T>
-void backward_chunk(const Block<T>& k, const Needs& need, const GradLayout& gl, const T* dy, T* dx, T* part,
+struct GradIo {
+  const T* dy;
+  int64_t ld_dy;
+  T* dx;
+  int64_t ld_dx;
+  bool accumulate;
+};
+
+template <typename T>
+void backward_chunk(const Block<T>& k, const Needs& need, const GradLayout& gl, const GradIo<T>& io, T* part,
                     int64_t n, int64_t r0, int64_t r1, int64_t R, T* h1, T* h2, T* g2, T* g1) {
+  const T* dy = io.dy;
   const Dims& d = k.d;
   const int64_t row = d.row_h();
   int64_t base1 = r0 - 2, base2 = r0 - 1;  // image rows held by the first rows of h1 and of h2 / g2
@@ -457,7 +540,7 @@ void backward_chunk(const Block<T>& k, const Needs& need, const GradLayout& gl, 
     if (a == r0) {
       k.expand_rows(n, a - 2, b + 2, h1);
       k.depthwise_rows(a - 1, b + 1, h1, base1, h2);
-      if (need.lower()) k.project_grad_rows(n, a - 1, b + 1, dy, h2, g2);
+      if (need.lower()) k.project_grad_rows(n, a - 1, b + 1, dy, io.ld_dy, h2, g2);
     } else {
       // Keep the rows the previous band already computed: h1 [a - 2, a + 2), h2 and g2 [a - 1, a + 1).
       std::memmove(h1, h1 + (a - 2 - base1) * row, sizeof(T) * 4 * row);
@@ -467,33 +550,36 @@ void backward_chunk(const Block<T>& k, const Needs& need, const GradLayout& gl, 
       base2 = a - 1;
       k.expand_rows(n, a + 2, b + 2, h1 + 4 * row);
       k.depthwise_rows(a + 1, b + 1, h1, base1, h2 + 2 * row);
-      if (need.lower()) k.project_grad_rows(n, a + 1, b + 1, dy, h2 + 2 * row, g2 + 2 * row);
+      if (need.lower()) k.project_grad_rows(n, a + 1, b + 1, dy, io.ld_dy, h2 + 2 * row, g2 + 2 * row);
     }
     // The band's own rows [a, b).
     const int64_t P = (b - a) * d.W;
-    const T* dy_band = dy + (n * d.H + a) * d.W * d.c_out;
+    const T* dy_band = dy + (n * d.H + a) * d.W * io.ld_dy;
     const T* h2_band = h2 + (a - base2) * row;
     Epi<T> acc;
     acc.accumulate = true;
     if (need.w2)  // dW2 += dy^T h2
-      k.matmul(d.c_out, d.hidden, P, dy_band, 1, d.c_out, mat(h2_band, P, d.hidden, d.hidden),
+      k.matmul(d.c_out, d.hidden, P, dy_band, 1, io.ld_dy, mat(h2_band, P, d.hidden, d.hidden),
                k.own_rows(h2_band, d.hidden), part + gl.w2, acc);
-    if (need.b2) k.fn.column_sum(dy_band, P, d.c_out, part + gl.b2);
+    if (need.b2) k.fn.column_sum(dy_band, io.ld_dy, P, d.c_out, part + gl.b2);
     if (need.wd || need.bd)
       k.fn.dw_backward_weight(h1 + (a - 1 - base1) * row, g2 + (a - base2) * row, part + gl.wd, part + gl.bd, b - a,
                               d.W, d.hidden);
     if (!(need.x || need.w1 || need.b1)) continue;
     k.fn.dw_backward_input(g2 + (a - 1 - base2) * row, k.wt_rot, h1 + (a - base1) * row, g1, b - a, d.W, d.hidden,
                            k.slope);
-    if (need.b1) k.fn.column_sum(g1, P, d.hidden, part + gl.b1);
+    if (need.b1) k.fn.column_sum(g1, d.hidden, P, d.hidden, part + gl.b1);
     if (need.w1)  // dW1 += g1^T x
-      k.matmul(d.hidden, d.c_in, P, g1, 1, d.hidden, mat(k.x_row(n, a), P, d.c_in, d.c_in),
-               k.own_rows(k.x_row(n, a), d.c_in), part + gl.w1, acc);
-    if (need.x) {  // dx = g1 W1 (+ dy)
+      k.matmul(d.hidden, d.c_in, P, g1, 1, d.hidden, mat(k.x_row(n, a), P, d.c_in, k.ld_x),
+               k.own_rows(k.x_row(n, a), k.ld_x), part + gl.w1, acc);
+    if (need.x) {  // dx (+)= g1 W1 (+ dy)
       Epi<T> ep;
+      ep.ldc = io.ld_dx;
+      ep.accumulate = io.accumulate;
       ep.add = k.skip ? dy_band : nullptr;
+      ep.ld_add = io.ld_dy;
       k.matmul(P, d.c_in, d.hidden, g1, d.hidden, 1, mat(k.w1, d.hidden, d.c_in, d.c_in), k.own.expand_t,
-               dx + (n * d.H + a) * d.W * d.c_in, ep);
+               io.dx + (n * d.H + a) * d.W * io.ld_dx, ep);
     }
   }
 }
@@ -515,6 +601,77 @@ at::Tensor sum_partials(const at::Tensor& part) {
   return total;
 }
 
+void check_grad_out(const at::Tensor& grad_out, const at::Tensor& x, const Dims& d, const char* op) {
+  TORCH_CHECK_VALUE(grad_out.dim() == 4 && grad_out.size(0) == d.N && grad_out.size(1) == d.c_out &&
+                        grad_out.size(2) == d.H && grad_out.size(3) == d.W,
+                    op, ": grad_out must have shape (", d.N, ", ", d.c_out, ", ", d.H, ", ", d.W, "), got ",
+                    grad_out.sizes());
+  TORCH_CHECK_TYPE(grad_out.scalar_type() == x.scalar_type() && grad_out.device() == x.device(), op,
+                   ": grad_out must match x's dtype and device (", x.scalar_type(), ", ", x.device(), "), got ",
+                   grad_out.scalar_type(), ", ", grad_out.device());
+}
+
+// The backward of the block: writes (or, with `accumulate`, adds) x's gradient into dx (its pixels
+// ld_dx apart) when need.x, and returns the weight gradients' sums in GradLayout's order.
+at::Tensor backward_into(const Nhwc& dy, const Nhwc& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
+                         const at::Tensor& wd, const c10::optional<at::Tensor>& bd, const at::Tensor& w2, bool skip,
+                         double slope, const Needs& need, const at::Tensor& dx, int64_t ld_dx, bool accumulate) {
+  const Dims d = dims_of(x.t, w1, w2);
+  const GradLayout gl(d);
+  // Chunks per image from the shape alone (not the thread count), so the sums' order is fixed.
+  const bool empty = x.t.numel() == 0;
+  const int64_t R = empty ? 1 : band_rows(d, 128);
+  const int64_t per_image = empty ? 1 : std::max<int64_t>(1, std::min<int64_t>((4 + d.N - 1) / d.N, d.H / (4 * R)));
+  const int64_t chunks = d.N * per_image;
+  // Chunks are dealt to a fixed number of groups, each with one partial sum; few groups keep the
+  // partial sums small (each is the size of all the weights).
+  const int64_t groups = std::max<int64_t>(1, std::min<int64_t>(chunks, 8));
+  at::Tensor part = at::zeros({groups, gl.size}, x.t.options());
+  if (!empty && (need.lower() || need.w2 || need.b2)) {
+    AT_DISPATCH_FLOATING_TYPES(x.t.scalar_type(), "bottleneck_block_backward_cpu", [&] {
+      std::vector<at::Tensor> keep;
+      const Block<scalar_t> k = make_block<scalar_t>(x.t, x.ld, w1, defined_or_empty(b1), wd, defined_or_empty(bd), w2,
+                                                     at::Tensor(), skip, slope, true, keep);
+      const GradIo<scalar_t> io{dy.t.data_ptr<scalar_t>(), dy.ld, need.x ? dx.data_ptr<scalar_t>() : nullptr, ld_dx,
+                                accumulate};
+      scalar_t* pp = part.data_ptr<scalar_t>();
+      at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+        const int64_t row = d.row_h();
+        scalar_t* h1 = scratch<scalar_t>((4 * R + 8) * row);
+        scalar_t* h2 = h1 + (R + 4) * row;
+        scalar_t* g2 = h2 + (R + 2) * row;
+        scalar_t* g1 = g2 + (R + 2) * row;
+        for (int64_t g = begin; g < end; ++g) {
+          for (int64_t t = chunks * g / groups; t < chunks * (g + 1) / groups; ++t) {
+            const int64_t n = t / per_image, j = t % per_image;
+            backward_chunk(k, need, gl, io, pp + g * gl.size, n, d.H * j / per_image, d.H * (j + 1) / per_image, R,
+                           h1, h2, g2, g1);
+          }
+        }
+      });
+    });
+  } else if (need.x && !accumulate && dx.numel() > 0) {
+    dx.zero_();
+  }
+  return AT_DISPATCH_FLOATING_TYPES(x.t.scalar_type(), "bottleneck_sum_partials",
+                                    [&] { return sum_partials<scalar_t>(part); });
+}
+
+// The six weight gradients out of the sums (empty where not needed).
+std::array<at::Tensor, 6> weight_grads(const at::Tensor& total, const Dims& d, const Needs& need) {
+  const GradLayout gl(d);
+  auto piece = [&](bool needed, int64_t offset, int64_t size) {
+    return needed ? total.narrow(0, offset, size).clone() : at::empty({0}, total.options());
+  };
+  at::Tensor gw1 = need.w1 ? piece(true, gl.w1, d.hidden * d.c_in).view({d.hidden, d.c_in, 1, 1}) : piece(false, 0, 0);
+  at::Tensor gwd = need.wd ? total.narrow(0, gl.wd, 9 * d.hidden).view({9, d.hidden}).t().contiguous().view(
+                                 {d.hidden, 1, 3, 3})
+                           : piece(false, 0, 0);
+  at::Tensor gw2 =
+      need.w2 ? piece(true, gl.w2, d.c_out * d.hidden).view({d.c_out, d.hidden, 1, 1}) : piece(false, 0, 0);
+  return {gw1, piece(need.b1, gl.b1, d.hidden), gwd, piece(need.bd, gl.bd, d.hidden), gw2, piece(need.b2, gl.b2, d.c_out)};
+}
+
 }  // namespace
 
 BottleneckGrads bottleneck_block_backward_cpu(const at::Tensor& grad_out_in, const at::Tensor& x_in,
@@ -526,72 +683,45 @@ BottleneckGrads bottleneck_block_backward_cpu(const at::Tensor& grad_out_in, con
   check_bottleneck_args(x_in, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, c10::nullopt, skip,
                         negative_slope);
   const Dims d = dims_of(x_in, expand_weight, project_weight);
-  TORCH_CHECK_VALUE(grad_out_in.dim() == 4 && grad_out_in.size(0) == d.N && grad_out_in.size(1) == d.c_out &&
-                        grad_out_in.size(2) == d.H && grad_out_in.size(3) == d.W,
-                    "bottleneck_block_backward: grad_out must have shape (", d.N, ", ", d.c_out, ", ", d.H, ", ", d.W,
-                    "), got ", grad_out_in.sizes());
-  TORCH_CHECK_TYPE(grad_out_in.scalar_type() == x_in.scalar_type() && grad_out_in.device() == x_in.device(),
-                   "bottleneck_block_backward: grad_out must match x's dtype and device (", x_in.scalar_type(), ", ",
-                   x_in.device(), "), got ", grad_out_in.scalar_type(), ", ", grad_out_in.device());
+  check_grad_out(grad_out_in, x_in, d, "bottleneck_block_backward");
   const Needs need{mask[0], mask[1], mask[2] && opt(expand_bias), mask[3], mask[4] && opt(dw_bias), mask[5], mask[6]};
-  const at::Tensor x = channels_last(x_in), dy = channels_last(grad_out_in);
-  const GradLayout gl(d);
-  // Chunks per image from the shape alone (not the thread count), so the sums' order is fixed.
-  const bool empty = x.numel() == 0;
-  const int64_t R = empty ? 1 : band_rows(d, 128);
-  const int64_t per_image = empty ? 1 : std::max<int64_t>(1, std::min<int64_t>((4 + d.N - 1) / d.N, d.H / (4 * R)));
-  const int64_t chunks = d.N * per_image;
-  // Chunks are dealt to a fixed number of groups, each with one partial sum; few groups keep the
-  // partial sums small (each is the size of all the weights).
-  const int64_t groups = std::max<int64_t>(1, std::min<int64_t>(chunks, 8));
-  at::Tensor dx = need.x ? at::empty({d.N, d.c_in, d.H, d.W}, x.options().memory_format(at::MemoryFormat::ChannelsLast))
+  const Nhwc x = as_nhwc(x_in);
+  at::Tensor dx = need.x ? at::empty({d.N, d.c_in, d.H, d.W}, x.t.options().memory_format(at::MemoryFormat::ChannelsLast))
                          : at::Tensor();
-  at::Tensor part = at::zeros({groups, gl.size}, x.options());
-  if (!empty && (need.lower() || need.w2 || need.b2)) {
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bottleneck_block_backward_cpu", [&] {
-      std::vector<at::Tensor> keep;
-      const Block<scalar_t> k =
-          make_block<scalar_t>(x, expand_weight, defined_or_empty(expand_bias), dw_weight, defined_or_empty(dw_bias),
-                               project_weight, at::Tensor(), skip, negative_slope, true, keep);
-      const scalar_t* dyp = dy.data_ptr<scalar_t>();
-      scalar_t* dxp = need.x ? dx.data_ptr<scalar_t>() : nullptr;
-      scalar_t* pp = part.data_ptr<scalar_t>();
-      at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
-        const int64_t row = d.row_h();
-        scalar_t* h1 = scratch<scalar_t>((4 * R + 8) * row);
-        scalar_t* h2 = h1 + (R + 4) * row;
-        scalar_t* g2 = h2 + (R + 2) * row;
-        scalar_t* g1 = g2 + (R + 2) * row;
-        for (int64_t g = begin; g < end; ++g) {
-          for (int64_t t = chunks * g / groups; t < chunks * (g + 1) / groups; ++t) {
-            const int64_t n = t / per_image, j = t % per_image;
-            backward_chunk(k, need, gl, dyp, dxp, pp + g * gl.size, n, d.H * j / per_image,
-                           d.H * (j + 1) / per_image, R, h1, h2, g2, g1);
-          }
-        }
-      });
-    });
-  } else if (need.x) {
-    dx.zero_();
-  }
-  const at::Tensor total = AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bottleneck_sum_partials",
-                                                      [&] { return sum_partials<scalar_t>(part); });
-  auto piece = [&](bool needed, int64_t offset, int64_t size) {
-    return needed ? total.narrow(0, offset, size).clone() : at::empty({0}, x.options());
-  };
-  at::Tensor gw1 = need.w1 ? piece(true, gl.w1, d.hidden * d.c_in).view({d.hidden, d.c_in, 1, 1}) : piece(false, 0, 0);
-  at::Tensor gwd = need.wd ? total.narrow(0, gl.wd, 9 * d.hidden).view({9, d.hidden}).t().contiguous().view(
-                                 {d.hidden, 1, 3, 3})
-                           : piece(false, 0, 0);
-  at::Tensor gw2 =
-      need.w2 ? piece(true, gl.w2, d.c_out * d.hidden).view({d.c_out, d.hidden, 1, 1}) : piece(false, 0, 0);
-  return {need.x ? in_callers_format(dx, x_in) : at::empty({0}, x.options()), gw1, piece(need.b1, gl.b1, d.hidden),
-          gwd, piece(need.bd, gl.bd, d.hidden), gw2, piece(need.b2, gl.b2, d.c_out)};
+  const at::Tensor total = backward_into(as_nhwc(grad_out_in), x, expand_weight, expand_bias, dw_weight, dw_bias,
+                                         project_weight, skip, negative_slope, need, dx, std::max<int64_t>(d.c_in, 1),
+                                         false);
+  const auto g = weight_grads(total, d, need);
+  return {need.x ? in_callers_format(dx, x_in) : at::empty({0}, x.t.options()), g[0], g[1], g[2], g[3], g[4], g[5]};
+}
+
+// The backward writing (or with `accumulate` adding) x's gradient into grad_x, channels_last or a
+// channel slice of a channels_last tensor, not overlapping grad_out: how a dense block's layer hands
+// its input's gradient to the block's gradient buffer. Returns the six weight gradients.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bottleneck_block_backward_into_cpu(
+    const at::Tensor& grad_out, const at::Tensor& x_in, const at::Tensor& expand_weight,
+    const c10::optional<at::Tensor>& expand_bias, const at::Tensor& dw_weight, const c10::optional<at::Tensor>& dw_bias,
+    const at::Tensor& project_weight, bool skip, double negative_slope, std::array<bool, 7> mask,
+    const at::Tensor& grad_x, bool accumulate) {
+  constexpr const char* kOp = "_bottleneck_block_backward_into";
+  check_bottleneck_args(x_in, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, c10::nullopt, skip,
+                        negative_slope);
+  const Dims d = dims_of(x_in, expand_weight, project_weight);
+  check_grad_out(grad_out, x_in, d, kOp);
+  if (mask[0]) check_destination(grad_x, x_in, d.c_in, kOp, "grad_x");
+  const Needs need{mask[0], mask[1], mask[2] && opt(expand_bias), mask[3], mask[4] && opt(dw_bias), mask[5], mask[6]};
+  const at::Tensor total = backward_into(as_nhwc(grad_out), as_nhwc(x_in), expand_weight, expand_bias, dw_weight,
+                                         dw_bias, project_weight, skip, negative_slope, need, grad_x,
+                                         need.x && grad_x.numel() > 0 ? pixel_stride(grad_x) : 1, accumulate);
+  const auto g = weight_grads(total, d, need);
+  return {g[0], g[1], g[2], g[3], g[4], g[5]};
 }
 
 TORCH_LIBRARY_IMPL(mesrgan, CPU, m) {
   m.impl("bottleneck_block", &bottleneck_block_cpu);
   m.impl("bottleneck_block_backward", &bottleneck_block_backward_cpu);
+  m.impl("_bottleneck_block_out", &bottleneck_block_out_cpu);
+  m.impl("_bottleneck_block_backward_into", &bottleneck_block_backward_into_cpu);
 }
 
 static std::string cpu_tile_isa() { return tile_isa(); }

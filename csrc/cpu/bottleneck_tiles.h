@@ -136,11 +136,11 @@ void dw_backward_weight(const T* h1, const T* g2, T* gw, T* gb, int64_t rows, in
   }
 }
 
-// In place on P pixels of C channels: x = LeakyReLU(x + bias) (bias may be null).
+// In place on P pixels of C channels, ld elements apart: x = LeakyReLU(x + bias) (bias may be null).
 template <typename T>
-void bias_leaky(T* x, const T* bias, int64_t P, int64_t C, T slope) {
+void bias_leaky(T* x, int64_t ld, const T* bias, int64_t P, int64_t C, T slope) {
   for (int64_t p = 0; p < P; ++p) {
-    T* __restrict v = x + p * C;
+    T* __restrict v = x + p * ld;
     if (bias) {
       for (int64_t c = 0; c < C; ++c) v[c] = leaky(v[c] + bias[c], slope);
     } else {
@@ -149,25 +149,26 @@ void bias_leaky(T* x, const T* bias, int64_t P, int64_t C, T slope) {
   }
 }
 
-// In place on P pixels of C channels: y += bias (may be null) + skip (may be null; same layout as y).
+// In place on P pixels of C channels, ld elements apart: y += bias (may be null) + skip (may be null;
+// its pixels ld_skip apart).
 template <typename T>
-void add_bias_skip(T* y, const T* bias, const T* skip, int64_t P, int64_t C) {
+void add_bias_skip(T* y, int64_t ld, const T* bias, const T* skip, int64_t ld_skip, int64_t P, int64_t C) {
   for (int64_t p = 0; p < P; ++p) {
-    T* __restrict v = y + p * C;
+    T* __restrict v = y + p * ld;
     if (bias)
       for (int64_t c = 0; c < C; ++c) v[c] += bias[c];
     if (skip) {
-      const T* __restrict s = skip + p * C;
+      const T* __restrict s = skip + p * ld_skip;
       for (int64_t c = 0; c < C; ++c) v[c] += s[c];
     }
   }
 }
 
-// out (C) += the sum over P pixels of g (P, C).
+// out (C) += the sum over P pixels of g (P pixels of C channels, ld elements apart).
 template <typename T>
-void column_sum(const T* g, int64_t P, int64_t C, T* out) {
+void column_sum(const T* g, int64_t ld, int64_t P, int64_t C, T* out) {
   for (int64_t p = 0; p < P; ++p) {
-    const T* __restrict v = g + p * C;
+    const T* __restrict v = g + p * ld;
     for (int64_t c = 0; c < C; ++c) out[c] += v[c];
   }
 }
@@ -176,10 +177,10 @@ void column_sum(const T* g, int64_t P, int64_t C, T* out) {
   template void dw_forward<T>(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, T);             \
   template void dw_backward_input<T>(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, T);      \
   template void dw_backward_weight<T>(const T*, const T*, T*, T*, int64_t, int64_t, int64_t);              \
-  template void bias_leaky<T>(T*, const T*, int64_t, int64_t, T);                                          \
-  template void add_bias_skip<T>(T*, const T*, const T*, int64_t, int64_t);                                \
+  template void bias_leaky<T>(T*, int64_t, const T*, int64_t, int64_t, T);                                 \
+  template void add_bias_skip<T>(T*, int64_t, const T*, const T*, int64_t, int64_t, int64_t);              \
   template void leaky_mask<T>(T*, const T*, int64_t, T);                                                   \
-  template void column_sum<T>(const T*, int64_t, int64_t, T*);
+  template void column_sum<T>(const T*, int64_t, int64_t, int64_t, T*);
 MESRGAN_TILES_INSTANTIATE(float)
 MESRGAN_TILES_INSTANTIATE(double)
 #undef MESRGAN_TILES_INSTANTIATE

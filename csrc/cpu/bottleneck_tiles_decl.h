@@ -4,26 +4,27 @@
 
 namespace mesrgan {
 namespace cpu {
-#define MESRGAN_DECLARE_TILES(NS)                                                                          \
-  namespace NS {                                                                                           \
-  namespace tiles {                                                                                        \
-  template <typename T>                                                                                    \
-  void dw_forward(const T* h1, const T* wt, const T* bias, T* h2, int64_t rows, int64_t W, int64_t C,      \
-                  T slope);                                                                                \
-  template <typename T>                                                                                    \
-  void dw_backward_input(const T* g2, const T* wt_rot, const T* h1, T* g1, int64_t rows, int64_t W,        \
-                         int64_t C, T slope);                                                              \
-  template <typename T>                                                                                    \
-  void dw_backward_weight(const T* h1, const T* g2, T* gw, T* gb, int64_t rows, int64_t W, int64_t C);     \
-  template <typename T>                                                                                    \
-  void bias_leaky(T* x, const T* bias, int64_t P, int64_t C, T slope);                                     \
-  template <typename T>                                                                                    \
-  void add_bias_skip(T* y, const T* bias, const T* skip, int64_t P, int64_t C);                            \
-  template <typename T>                                                                                    \
-  void leaky_mask(T* g, const T* y, int64_t n, T slope);                                                   \
-  template <typename T>                                                                                    \
-  void column_sum(const T* g, int64_t P, int64_t C, T* out);                                               \
-  }                                                                                                        \
+#define MESRGAN_DECLARE_TILES(NS)                                                                         \
+  namespace NS {                                                                                          \
+  namespace tiles {                                                                                       \
+  template <typename T>                                                                                   \
+  void dw_forward(const T* h1, const T* wt, const T* bias, T* h2, int64_t rows, int64_t W, int64_t C,     \
+                  T slope);                                                                               \
+  template <typename T>                                                                                   \
+  void dw_backward_input(const T* g2, const T* wt_rot, const T* h1, T* g1, int64_t rows, int64_t W,       \
+                         int64_t C, T slope);                                                             \
+  template <typename T>                                                                                   \
+  void dw_backward_weight(const T* h1, const T* g2, T* gw, T* gb, int64_t rows, int64_t W, int64_t C);    \
+  template <typename T>                                                                                   \
+  void bias_leaky(T* x, int64_t ld, const T* bias, int64_t P, int64_t C, T slope);                        \
+  template <typename T>                                                                                   \
+  void add_bias_skip(T* y, int64_t ld, const T* bias, const T* skip, int64_t ld_skip, int64_t P,          \
+                     int64_t C);                                                                          \
+  template <typename T>                                                                                   \
+  void leaky_mask(T* g, const T* y, int64_t n, T slope);                                                  \
+  template <typename T>                                                                                   \
+  void column_sum(const T* g, int64_t ld, int64_t P, int64_t C, T* out);                                  \
+  }                                                                                                       \
   }
 MESRGAN_DECLARE_TILES(base)
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))

@@ -6,6 +6,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..ops import DepthwiseConv3x3, bottleneck_block, has_fused_kernel
+from ..ops.dense import dense_bottleneck_stack
 from ..ops.depthwise import IMPLS
 
 HIDDEN_WIDTHS = ("input", "output")
@@ -116,11 +117,14 @@ class BottleneckResidualBlock(nn.Module):
         """Whether ``forward(x)`` runs the fused op."""
         return self.impl != "torch" and has_fused_kernel(x) and not torch.jit.is_scripting()
 
+    def fused_args(self):
+        """The fused op's arguments after x: the six parameters, then skip."""
+        return (self.expand.weight, self.expand.bias, self.dw.weight, self.dw.bias, self.project.weight,
+                self.project.bias, self.use_skip)
+
     def forward(self, x):
         if self.uses_fused(x):
-            return bottleneck_block(x, self.expand.weight, self.expand.bias, self.dw.weight, self.dw.bias,
-                                    self.project.weight, self.project.bias, skip=self.use_skip,
-                                    negative_slope=self.negative_slope)
+            return bottleneck_block(x, *self.fused_args()[:6], skip=self.use_skip, negative_slope=self.negative_slope)
         y = self.project(self.dw(self.act(self.expand(x))))
         return x + y if self.use_skip else y
 
@@ -131,6 +135,11 @@ class DenseBlock(nn.Module):
     ``(N, F, H, W) -> (N, F, H, W)``. Layer k (1..5) sees the block input and all earlier outputs,
     ``F + (k-1)·G`` channels, and produces ``G`` channels (the fifth produces ``F``). Output:
     ``x + res_scale · conv5(...)``.
+
+    When all five layers are bottleneck blocks that run the fused op on x, in eager mode, the block
+    concatenates nothing: the features live in one channels_last buffer whose channel slices the
+    layers read and write in place (``mesrgan.ops.dense``). Elsewhere (3×3 convolutions, CUDA,
+    impl="torch", ``torch.compile`` / ``torch.export`` / TorchScript) it concatenates.
 
     Args:
         features: F.
@@ -154,7 +163,20 @@ class DenseBlock(nn.Module):
                 scaled_kaiming_init_([conv], 0.1)
             self.add_module(f"conv{k}", conv)
 
+    def uses_buffer(self, x):
+        """Whether ``forward(x)`` runs the buffered, concatenation-free path."""
+        if torch.jit.is_scripting() or torch.compiler.is_compiling() or x.dim() != 4:
+            return False
+        layers = [getattr(self, f"conv{k}") for k in range(1, 6)]
+        return all(isinstance(m, BottleneckResidualBlock) and m.uses_fused(x) for m in layers) and \
+            len({m.negative_slope for m in layers}) == 1
+
     def forward(self, x):
+        if self.uses_buffer(x):
+            layers = [getattr(self, f"conv{k}") for k in range(1, 6)]
+            return dense_bottleneck_stack(x, [m.fused_args() for m in layers], res_scale=self.res_scale,
+                                          between_slope=0.2 if self.activation else None,
+                                          negative_slope=layers[0].negative_slope)
         feats = [x]
         for k in range(1, 5):
             y = getattr(self, f"conv{k}")(torch.cat(feats, 1))
