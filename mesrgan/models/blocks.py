@@ -139,7 +139,7 @@ class DenseBlock(nn.Module):
     When all five layers are bottleneck blocks that run the fused op on x, in eager mode, the block
     concatenates nothing: the features live in one channels_last buffer whose channel slices the
     layers read and write in place (``mesrgan.ops.dense``). Elsewhere (3×3 convolutions, CUDA,
-    impl="torch", ``torch.compile`` / ``torch.export`` / TorchScript) it concatenates.
+    impl="torch", ``torch.compile`` / ``torch.export`` / TorchScript scripting and tracing) it concatenates.
 
     Args:
         features: F.
@@ -165,7 +165,7 @@ class DenseBlock(nn.Module):
 
     def uses_buffer(self, x):
         """Whether ``forward(x)`` runs the buffered, concatenation-free path."""
-        if torch.jit.is_scripting() or torch.compiler.is_compiling() or x.dim() != 4:
+        if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling() or x.dim() != 4:
             return False
         layers = [getattr(self, f"conv{k}") for k in range(1, 6)]
         return all(isinstance(m, BottleneckResidualBlock) and m.uses_fused(x) for m in layers) and \

@@ -16,11 +16,11 @@ _op = torch.ops.mesrgan.bottleneck_block.default
 PARAM_NAMES = ("expand_weight", "expand_bias", "dw_weight", "dw_bias", "project_weight", "project_bias")
 
 
-def _check_slope(negative_slope):
+def _check_slope(negative_slope, name="negative_slope"):
     if not isinstance(negative_slope, (int, float)) or isinstance(negative_slope, bool):
-        raise TypeError(f"negative_slope must be a float, got {type(negative_slope).__name__}")
+        raise TypeError(f"{name} must be a float, got {type(negative_slope).__name__}")
     if negative_slope < 0:
-        raise ValueError(f"negative_slope must be >= 0, got {negative_slope}")
+        raise ValueError(f"{name} must be >= 0, got {negative_slope}")
 
 
 def bottleneck_block_reference(x, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,

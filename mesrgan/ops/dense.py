@@ -47,7 +47,7 @@ def dense_bottleneck_stack(x, layers, *, res_scale, between_slope=None, negative
         raise ValueError("dense_bottleneck_stack: layers must hold at least one layer")
     _check_slope(negative_slope)
     if between_slope is not None:
-        _check_slope(between_slope)
+        _check_slope(between_slope, "between_slope")
     features = x.shape[1]
     c_in = features
     for k, layer in enumerate(layers):
@@ -117,18 +117,19 @@ class _DenseStack(torch.autograd.Function):
         width_in = buf.shape[1]
         for k in reversed(range(layers)):
             p = _layer_params(params, k)
+            if k < layers - 1:
+                width_in -= ctx.widths[k]
+            mask = [below[k]] + [bool(needs_param[PARAMS_PER_LAYER * k + i]) and p[i] is not None
+                                 for i in range(PARAMS_PER_LAYER)]
+            if not any(mask):  # nothing below needs a gradient either (below only grows with k)
+                continue
             if k == layers - 1:
                 g = dout * ctx.res_scale
             else:
-                width_in -= ctx.widths[k]
                 g = gbuf[:, width_in:width_in + ctx.widths[k]]
                 if ctx.between_slope is not None:  # LeakyReLU' from its output's sign (the slope is >= 0)
                     g = torch.ops.aten.leaky_relu_backward(g, buf[:, width_in:width_in + ctx.widths[k]],
                                                            ctx.between_slope, True)
-            mask = [below[k]] + [bool(needs_param[PARAMS_PER_LAYER * k + i]) and p[i] is not None
-                                 for i in range(PARAMS_PER_LAYER)]
-            if not any(mask):
-                continue
             grad_x = gbuf[:, :width_in] if below[k] else buf.new_empty((0,))
             # The last layer writes the whole gradient buffer; the others add to what later layers gave.
             layer_grads = _backward_into(g, buf[:, :width_in], p[0], p[1], p[2], p[3], p[4], ctx.skips[k],
