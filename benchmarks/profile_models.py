@@ -74,8 +74,12 @@ def _top_level(events):
         if e.name.startswith(_ENGINE_PREFIX):
             node = e.name[len(_ENGINE_PREFIX):].strip(": ")
             out += [(op, node) for op in _ops_of_node(e)]
-        elif not e.name.startswith("ProfilerStep"):
+        elif e.name.startswith("ProfilerStep"):
+            continue
+        elif e.name.startswith(("aten::", "mesrgan::")) or not e.cpu_children:
             out.append((e, ""))
+        else:  # a Python autograd.Function's forward (the dense stack): the ops it runs
+            out += [(op, "") for op in _ops_of_node(e)]
     return out
 
 

@@ -304,6 +304,43 @@ def op_tables(benches):
     return "\n".join(out)
 
 
+# ---------------------------------------------------------------------------------------------- goals
+
+def goal_tables(benches):
+    """One table per pass of benchmarks/test_goals.py: each contender's median ms, then each goal's
+    ratio beside its target (met or by how much it is missed)."""
+    by_pass = defaultdict(list)
+    for b in benches:
+        if b["extra_info"]["kind"] == "goal":
+            by_pass[b["extra_info"]["pass_"]].append(b["extra_info"])
+    out = []
+    for pass_ in ("fwd", "train"):
+        rows = sorted(by_pass.get(pass_, []), key=lambda e: (-e["lr"], e["batch"]))
+        if not rows:
+            continue
+        labels = list(dict.fromkeys(k for e in rows for k in e["contenders_ms"]))
+        goals = list(dict.fromkeys(g["goal"] for e in rows for g in e["goals"]))
+        targets = {g["goal"]: f"{g['cmp'].replace('<=', '≤').replace('>=', '≥')} {g['target']:g}"
+                   for e in rows for g in e["goals"]}
+        header = ["LR", "batch", *[f"{label} ms" for label in labels], *[f"{g} ({targets[g]})" for g in goals]]
+        body = []
+        for e in rows:
+            found = {g["goal"]: g for g in e["goals"]}
+            cells = [ms(e["contenders_ms"][k] / 1e3) if k in e["contenders_ms"] else "–" for k in labels]
+            cells += [_goal_cell(found[g]) if g in found else "–" for g in goals]
+            body.append([e["lr"], e["batch"], *cells])
+        first = rows[0]
+        out += [f"**{'Forward (no_grad, eval)' if pass_ == 'fwd' else 'Training step'}**, "
+                f"{first['rounds']} rounds × {first['calls']} calls per contender in alternating blocks "
+                f"(the first call of each block not counted), medians:\n", table(header, body), ""]
+    return "\n".join(out)
+
+
+def _goal_cell(g):
+    mark = "met" if g["met"] else f"missed by {abs(g['ratio'] / g['target'] - 1):.0%}"
+    return f"{g['ratio']:.2f}× ({mark})"
+
+
 # ---------------------------------------------------------------------------------------------- file
 
 def section_name(benches):
@@ -321,6 +358,9 @@ def render_section(section, benches, doc, plot_rel):
         if plot_rel:
             parts += [f"![Table I, {section}]({plot_rel})\n"]
         parts += [mt]
+    gt = goal_tables(benches)
+    if gt:
+        parts += ["### The whole-network goals, timed side by side (benchmarks/test_goals.py)\n", gt]
     ot = op_tables(benches)
     if ot:
         parts += ["### depthwise_conv3x3 against F.conv2d(groups=C) (op level)\n", ot]

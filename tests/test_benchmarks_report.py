@@ -58,3 +58,60 @@ def test_merge_section_appends_to_foreign_text():
     section = report.begin_marker("cpu") + "\nX\n" + report.end_marker("cpu") + "\n"
     merged = report.merge_section("# Mine\n\nnotes\n", "cpu", section)
     assert merged.startswith("# Mine\n\nnotes\n") and "\nX\n" in merged
+
+
+def _goal_bench(pass_, lr, batch, contenders_ms, goals):
+    return _bench(sum(contenders_ms.values()) / 1e3, kind="goal", device="cpu", pass_=pass_, lr=lr, batch=batch,
+                  rounds=4, calls=3, contenders_ms=contenders_ms, goals=goals)
+
+
+def test_goal_tables_give_each_ratio_beside_its_target():
+    benches = [
+        _goal_bench("fwd", 32, 16, {"esrgan-paper": 600.0, "mesrgan-paper": 630.0},
+                    [{"goal": "mesrgan-paper ÷ esrgan-paper", "ratio": 1.05, "cmp": "<=", "target": 1.0,
+                      "met": False}]),
+        _goal_bench("fwd", 128, 1, {"esrgan-paper": 500.0, "mesrgan-paper": 450.0},
+                    [{"goal": "mesrgan-paper ÷ esrgan-paper", "ratio": 0.9, "cmp": "<=", "target": 1.0,
+                      "met": True}]),
+        _goal_bench("train", 32, 4, {"mesrgan-paper": 400.0, "impl=torch": 800.0},
+                    [{"goal": "impl=torch ÷ mesrgan-paper", "ratio": 2.0, "cmp": ">=", "target": 1.5,
+                      "met": True}]),
+    ]
+    text = report.goal_tables(benches)
+    fwd, train = text.split("**Training step**")
+    assert "| LR | batch | esrgan-paper ms | mesrgan-paper ms | mesrgan-paper ÷ esrgan-paper (≤ 1) |" in fwd
+    assert fwd.index("| 128 | 1 |") < fwd.index("| 32 | 16 |")  # LR 128 first, as in the goals
+    assert "| 32 | 16 | 600 | 630 | 1.05× (missed by 5%) |" in fwd
+    assert "| 128 | 1 | 500 | 450 | 0.90× (met) |" in fwd
+    assert "impl=torch ÷ mesrgan-paper (≥ 1.5)" in train and "2.00× (met)" in train
+
+
+def _load_goals():
+    spec = importlib.util.spec_from_file_location("benchmarks_goals",
+                                                  Path(__file__).parents[1] / "benchmarks" / "test_goals.py")
+    goals = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(goals)
+    return goals
+
+
+def test_side_by_side_timing_alternates_blocks_and_drops_each_blocks_first_call():
+    goals = _load_goals()
+    order, now = [], [0.0]
+    # a: its first call of a block takes 10 s, the rest 1 s; b: 5 s then 2 s.
+    cost = {"a": (10.0, 1.0), "b": (5.0, 2.0)}
+    first = {"a": True, "b": True}
+
+    def make(label):
+        def fn():
+            order.append(label)
+            now[0] += cost[label][0] if first[label] else cost[label][1]
+            first[label] = False
+            first["b" if label == "a" else "a"] = True
+        return fn
+
+    medians = goals.time_side_by_side({"a": make("a"), "b": make("b")}, rounds=2, calls=3, clock=lambda: now[0])
+    assert order == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3
+    assert medians == {"a": 1.0, "b": 2.0}
+    rows = goals.goal_rows("train", {"esrgan-paper": 2.0, "mesrgan-paper": 2.4, "impl=torch": 3.0})
+    assert [(r["goal"], round(r["ratio"], 3), r["met"]) for r in rows] == [
+        ("mesrgan-paper ÷ esrgan-paper", 1.2, False), ("impl=torch ÷ mesrgan-paper", 1.25, False)]

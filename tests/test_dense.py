@@ -311,3 +311,19 @@ def test_generator_runs_the_buffer_in_every_dense_block(monkeypatch):
         with torch.no_grad():
             build_generator(name, num_blocks=2, features=8, growth=4, **options)(torch.rand(1, 3, 8, 8))
         assert len(calls) == dense_blocks, name
+
+
+def test_cpu_empty_nhwc_is_a_channels_last_buffer_like_its_input():
+    like = torch.randn(3, 5, 7, 2, dtype=torch.float64)
+    buf = torch.ops.mesrgan._cpu_empty_nhwc(like, 11)
+    assert buf.shape == (3, 11, 7, 2) and buf.dtype == torch.float64 and buf.device == like.device
+    assert buf.is_contiguous(memory_format=torch.channels_last)
+    buf.fill_(2.5)  # writable end to end
+    assert buf.sum().item() == 2.5 * buf.numel()
+    assert torch.ops.mesrgan._cpu_empty_nhwc(like[:0], 4).shape == (0, 4, 7, 2)
+
+
+@pytest.mark.parametrize("like, channels", [(torch.randn(2, 3, 4), 5), (torch.randn(1, 2, 3, 3), -1)])
+def test_cpu_empty_nhwc_errors_name_the_argument(like, channels):
+    with pytest.raises(ValueError, match="_cpu_empty_nhwc: like must be a 4-D CPU tensor and channels >= 0"):
+        torch.ops.mesrgan._cpu_empty_nhwc(like, channels)

@@ -54,7 +54,8 @@ def _u8(t):
 
 
 def _t(a):
-    return torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255
+    """A (possibly read-only) uint8 HWC array as a 1x3xHxW float tensor; copied, as torch wants writable memory."""
+    return torch.from_numpy(np.array(a)).permute(2, 0, 1)[None].float() / 255
 
 
 @pytest.fixture(scope="module")

@@ -84,10 +84,28 @@ def _without(args, flag, has_value=True):
     return args[:i] + args[i + 1 + int(has_value):]
 
 
-def _spawn(args, env=None):
+# ``python -m mesrgan.train`` whose first stop signal, once handled as usual, holds the main thread
+# until a second one comes. Python runs a handler only when the C++ call in progress returns (the
+# whole backward is one), so the rest of the iteration after the first signal can be a few ms:
+# too short a window to land the second signal "within the same iteration" reliably under load.
+_HOLD_AFTER_FIRST_STOP = """
+import sys, time
+from mesrgan.training import stops
+handle = stops.StopRequests._handle
+def hold(self, signum, frame):
+    handle(self, signum, frame)  # the second signal raises StopNow here, which leaves the sleep below
+    time.sleep(60)
+stops.StopRequests._handle = hold
+from mesrgan import train
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+def _spawn(args, env=None, hold_after_first_stop=False):
     """``python -m mesrgan.train ARGS`` in its own process group, stdout and stderr merged; killed
     after 180 s whatever happens, so that a hang fails the test instead of blocking it."""
-    p = subprocess.Popen([sys.executable, "-m", "mesrgan.train", *args], cwd=ROOT, stdout=subprocess.PIPE,
+    program = ["-c", _HOLD_AFTER_FIRST_STOP] if hold_after_first_stop else ["-m", "mesrgan.train"]
+    p = subprocess.Popen([sys.executable, *program, *args], cwd=ROOT, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True, env=env or ENV1, start_new_session=True)
     watchdog = threading.Timer(180, lambda: _kill_group(p))
     watchdog.daemon = True
@@ -384,7 +402,7 @@ def test_second_stop_signal_stops_at_once_and_keeps_the_checkpoint(assets, tmp_p
     out = tmp_path / "twice"
     assert T.main(_slow(assets, out, "--stop-after", "1", "--workers", "0")) == 0
     before = (out / "last.pt").read_bytes()
-    p = _spawn(_slow(assets, out, "--resume", "--workers", "1"))
+    p = _spawn(_slow(assets, out, "--resume", "--workers", "1"), hold_after_first_stop=True)
     lines = []
     _read_until(p, "stage psnr: iterations 2..", lines)
     os.killpg(p.pid, sig)

@@ -208,7 +208,21 @@ at::Tensor empty_output_cpu(const at::Tensor& like, Layout layout) {
   return empty_output_cpu(like.sizes(), like.options(), layout);
 }
 
+namespace {
+
+// An uninitialised channels_last (N, channels, H, W) tensor with like's N, H, W and dtype, from the
+// cache: a dense block's feature and gradient buffers (mesrgan/ops/dense.py).
+at::Tensor cpu_empty_nhwc(const at::Tensor& like, int64_t channels) {
+  TORCH_CHECK_VALUE(like.dim() == 4 && like.device().is_cpu() && channels >= 0,
+                    "_cpu_empty_nhwc: like must be a 4-D CPU tensor and channels >= 0, got ", like.sizes(), " on ",
+                    like.device(), " and ", channels);
+  return empty_output_cpu({like.size(0), channels, like.size(2), like.size(3)}, like.options(), Layout::NHWC);
+}
+
+}  // namespace
+
 TORCH_LIBRARY_FRAGMENT(mesrgan, m) {
+  m.def("_cpu_empty_nhwc(Tensor like, int channels) -> Tensor", &cpu_empty_nhwc);
   // [idle bytes, idle blocks, hits, misses, limit in bytes] of the CPU output cache.
   m.def("_cpu_cache_info() -> int[]", &cpu_cache_info);
   // Frees the idle blocks (tensors alive keep theirs, and give them back when they die).

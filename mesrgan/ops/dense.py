@@ -21,6 +21,7 @@ from .bottleneck import _check_slope
 _out = torch.ops.mesrgan._bottleneck_block_out.default
 _forward = torch.ops.mesrgan.bottleneck_block.default
 _backward_into = torch.ops.mesrgan._bottleneck_block_backward_into.default
+_empty_nhwc = torch.ops.mesrgan._cpu_empty_nhwc.default  # recycled memory: a fresh buffer costs page faults
 PARAMS_PER_LAYER = 6  # expand weight and bias, depthwise weight and bias, projection weight and bias
 
 
@@ -82,8 +83,7 @@ class _DenseStack(torch.autograd.Function):
         layers = len(skips)
         n, features, h, w = x.shape
         widths = [_layer_params(params, k)[4].shape[0] for k in range(layers - 1)]
-        buf = torch.empty((n, features + sum(widths), h, w), dtype=x.dtype, device=x.device,
-                          memory_format=torch.channels_last)
+        buf = _empty_nhwc(x, features + sum(widths))
         buf[:, :features].copy_(x)
         c = features
         for k, width in enumerate(widths):
@@ -113,7 +113,7 @@ class _DenseStack(torch.autograd.Function):
         for k in range(layers - 1):
             below.append(below[-1] or any(needs_param[PARAMS_PER_LAYER * k:PARAMS_PER_LAYER * (k + 1)]))
         grads = [None] * len(params)
-        gbuf = torch.empty_like(buf) if any(below) else None
+        gbuf = _empty_nhwc(buf, buf.shape[1]) if any(below) else None
         width_in = buf.shape[1]
         for k in reversed(range(layers)):
             p = _layer_params(params, k)
