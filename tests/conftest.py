@@ -12,6 +12,18 @@ def one_thread():
     torch.set_num_threads(old)
 
 
+@pytest.fixture(params=["avx2", "avx512", "blas"])
+def gemm(request):
+    """Runs a test with each float32 GEMM of the CPU kernel: ours (AVX2, AVX-512) and ATen's BLAS
+    (tests/test_bottleneck.py, tests/test_dense.py); skipped where the CPU does not run one."""
+    try:
+        if torch.ops.mesrgan._cpu_gemm(request.param) != request.param:
+            pytest.skip(f"the CPU (or MESRGAN_CPU_ISA) does not run the {request.param} GEMM")
+        yield request.param
+    finally:
+        torch.ops.mesrgan._cpu_gemm("default")
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

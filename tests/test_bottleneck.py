@@ -103,17 +103,6 @@ def test_larger_float32_gradients_match_unfused(one_thread):
         assert err < 1e-5, f"grad of {name}: relative error {err:.2e}"
 
 
-@pytest.fixture(params=["avx2", "avx512", "blas"])
-def gemm(request):
-    """Runs a test with each float32 GEMM of the CPU kernel: ours (AVX2, AVX-512) and ATen's BLAS."""
-    try:
-        if torch.ops.mesrgan._cpu_gemm(request.param) != request.param:
-            pytest.skip(f"the CPU (or MESRGAN_CPU_ISA) does not run the {request.param} GEMM")
-        yield request.param
-    finally:
-        torch.ops.mesrgan._cpu_gemm("default")
-
-
 @pytest.mark.parametrize("case", random_cases(12, seed=5) + [(2, 192, 5, 7, 384, 64, False), (1, 64, 9, 6, 128, 64, True),
                                                          (1, 40, 5, 5, 48, 40, True), (1, 8, 13, 1, 16, 24, False)],
                          ids=str)

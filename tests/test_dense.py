@@ -107,16 +107,6 @@ def test_gradcheck():
     assert torch.autograd.gradcheck(run, (x, *flat))
 
 
-@pytest.fixture(params=["avx2", "avx512", "blas"])
-def gemm(request):
-    try:
-        if torch.ops.mesrgan._cpu_gemm(request.param) != request.param:
-            pytest.skip(f"the CPU (or MESRGAN_CPU_ISA) does not run the {request.param} GEMM")
-        yield request.param
-    finally:
-        torch.ops.mesrgan._cpu_gemm("default")
-
-
 @pytest.mark.parametrize("shape", [(2, 64, 32, 9, 7), (1, 17, 5, 13, 3)], ids=str)
 def test_float32_gemms_match_float64_reference(shape, gemm):
     # The GEMMs' stores into a channel slice (forward) and their accumulating stores into the gradient
