@@ -180,8 +180,8 @@ def _channels(img):
                             "pass float data as a torch tensor (N, 3, H, W) in [0, 1]")
         if not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 3)):
             raise ValueError(f"img: numpy images must have shape (H, W, 3) or (H, W), got {img.shape}")
-        # A read-only array (a view of a decoded image) is copied: torch warns on wrapping one.
-        t = torch.from_numpy(np.ascontiguousarray(img) if img.flags.writeable else np.array(img, order="C"))
+        # Copied only when not C-contiguous or read-only (a view of a decoded image: torch warns on those).
+        t = torch.from_numpy(np.require(img, requirements=["C", "W"]))
         t = t[None, None] if img.ndim == 2 else t.permute(2, 0, 1)[None]
         return t, "numpy"
     if isinstance(img, torch.Tensor):

@@ -1,13 +1,8 @@
 """benchmarks/report.py: tables from pytest-benchmark JSON, one section per device in RESULTS.md."""
-import importlib.util
 import json
-from pathlib import Path
 
-# benchmarks/ is not an installed package: load the report module from its file.
-_spec = importlib.util.spec_from_file_location("benchmarks_report",
-                                               Path(__file__).parents[1] / "benchmarks" / "report.py")
-report = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(report)
+from benchmarks import report
+from benchmarks import test_goals as goals
 
 
 def _bench(median, **extra):
@@ -86,19 +81,7 @@ def test_goal_tables_give_each_ratio_beside_its_target():
     assert "impl=torch ÷ mesrgan-paper (≥ 1.5)" in train and "2.00× (met)" in train
 
 
-def _load_goals(monkeypatch):
-    # test_goals.py imports its siblings as ``benchmarks.*``: the repository root must be importable
-    # (plain ``pytest`` does not put it on sys.path).
-    monkeypatch.syspath_prepend(str(Path(__file__).parents[1]))
-    spec = importlib.util.spec_from_file_location("benchmarks_goals",
-                                                  Path(__file__).parents[1] / "benchmarks" / "test_goals.py")
-    goals = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(goals)
-    return goals
-
-
-def test_side_by_side_timing_alternates_blocks_and_drops_each_blocks_first_call(monkeypatch):
-    goals = _load_goals(monkeypatch)
+def test_side_by_side_timing_alternates_blocks_and_drops_each_blocks_first_call():
     order, now = [], [0.0]
     # a: its first call of a block takes 10 s, the rest 1 s; b: 5 s then 2 s.
     cost = {"a": (10.0, 1.0), "b": (5.0, 2.0)}

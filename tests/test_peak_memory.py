@@ -1,15 +1,9 @@
 """benchmarks/peak_memory.py: a training step's own peak memory, read in a fresh process."""
-import importlib.util
 import os
-from pathlib import Path
 
 import pytest
 
-# benchmarks/ is not an installed package: load the module from its file.
-_spec = importlib.util.spec_from_file_location("benchmarks_peak_memory",
-                                               Path(__file__).parents[1] / "benchmarks" / "peak_memory.py")
-peak_memory = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(peak_memory)
+from benchmarks import peak_memory
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
 

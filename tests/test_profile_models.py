@@ -1,14 +1,7 @@
 """benchmarks/profile_models.py: each op lands in its kind, the dense stack's included."""
-import importlib.util
-from pathlib import Path
-
 import torch
 
-# benchmarks/ is not an installed package: load the module from its file.
-_spec = importlib.util.spec_from_file_location("profile_models",
-                                               Path(__file__).parents[1] / "benchmarks" / "profile_models.py")
-profile_models = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(profile_models)
+from benchmarks import profile_models
 
 
 def _tiny(impl):

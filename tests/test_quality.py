@@ -1,15 +1,10 @@
 """benchmarks/quality.py: a smoke run of the whole experiment on tiny networks, and its curve arithmetic."""
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
-_spec = importlib.util.spec_from_file_location("benchmarks_quality",
-                                               Path(__file__).parents[1] / "benchmarks" / "quality.py")
-quality = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(quality)
+from benchmarks import quality
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

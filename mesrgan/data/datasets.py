@@ -166,9 +166,8 @@ def augment(arrays, hflip: bool, vflip: bool, rot90: bool):
 
 
 def _to_tensor(a: np.ndarray) -> torch.Tensor:
-    # A read-only array (a view of a decoded image) is copied: torch warns on wrapping one.
-    a = np.ascontiguousarray(a) if a.flags.writeable else np.array(a, order="C")
-    return torch.from_numpy(a).permute(2, 0, 1).float().div_(255.0)
+    # Copied only when not C-contiguous or read-only (a view of a decoded image: torch warns on those).
+    return torch.from_numpy(np.require(a, requirements=["C", "W"])).permute(2, 0, 1).float().div_(255.0)
 
 
 def quantize(x: torch.Tensor) -> torch.Tensor:
