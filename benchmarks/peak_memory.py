@@ -64,7 +64,7 @@ def measure(model, impl, batch, lr, threads, cache_mb=None):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--batches", default="4,16")
     p.add_argument("--lr", type=int, default=32)

@@ -175,7 +175,7 @@ def plot(rows, path):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--impl", default="auto", choices=("auto", "mesrgan", "torch"))
     p.add_argument("--lr", type=int, default=32)

@@ -51,7 +51,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="python -m benchmarks.quality", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--iters", type=int, default=1000, help="training iterations per stage and model (default 1000)")
     p.add_argument("--batch", type=int, default=4, help="batch size (default 4)")

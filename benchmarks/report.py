@@ -379,7 +379,7 @@ def merge_section(existing, section, text):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("json", nargs="+", help="pytest-benchmark JSON file(s) (--benchmark-json=...)")
     p.add_argument("--out", default=os.path.join("benchmarks", "RESULTS.md"),

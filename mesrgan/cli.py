@@ -7,13 +7,21 @@ message names the flag, what was expected and what was given.
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import os
+import signal
 import sys
 import tempfile
+import threading
 
+import torch
+
+from .atomic import write_text_atomic  # noqa: F401  (re-exported for the programs)
 from .inference import UsageError
 
-__all__ = ["int_range", "float_range", "check_dir", "check_file", "prepare_dir", "prepare_file", "write_text_atomic"]
+__all__ = ["int_range", "float_range", "check_dir", "check_file", "prepare_dir", "prepare_file", "write_text_atomic",
+           "output_stems", "check_finite_weights", "run_program", "Stopped"]
 
 
 def int_range(lo: int, hi: int | None = None, *, zero_ok: bool = False):
@@ -124,36 +132,71 @@ def prepare_file(path: str, flag: str) -> str:
     return path
 
 
-def _new_file_mode():
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+def output_stems(paths) -> dict:
+    """``{path: stem}`` for the output files of ``paths``: each input's file stem, or, where inputs
+    share one (``a.jpg`` and ``a.png``; ``x/a.png`` and ``y/a.png``), a longer name that tells
+    them apart (``a_jpg``, ``a_png``; ``x_a_png``, ``y_a_png``), so that no output overwrites another."""
+    def with_extension(p):
+        return os.path.basename(p).replace(".", "_")
+
+    def with_folder(p):
+        return f"{os.path.basename(os.path.dirname(os.path.abspath(p)))}_{with_extension(p)}"
+
+    stems = {p: os.path.splitext(os.path.basename(p))[0] for p in paths}
+    for longer in (with_extension, with_folder):
+        taken = collections.Counter(stems.values())
+        stems = {p: longer(p) if taken[s] > 1 else s for p, s in stems.items()}
+    return stems
 
 
-def write_text_atomic(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename, so a
-    reader (or a crash midway) sees the old file or the whole new one, never half of it."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+def check_finite_weights(model, flag: str, path: str) -> None:
+    """Refuse a network with NaN or infinite weights: it would only produce black or garbage images."""
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise UsageError(f"{flag} {path}: the weights hold NaN or infinite values ({shown}); the network cannot "
+                         "produce an image from them (a training run that diverged?)")
+
+
+class Stopped(BaseException):
+    """SIGTERM (or another stop signal) while a program runs: unwinds like Ctrl-C, so that the file
+    being written is discarded and the ones finished stay."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum, _frame):
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_stopped)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _new_file_mode())  # mkstemp makes it private (0600); give the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_program(build_parser, run, argv=None) -> int:
     """The ``main`` of a ``python -m`` program: parse ``argv``, ``run(args)``, and turn a
-    ``UsageError`` into one line on stderr and exit status 2."""
+    ``UsageError`` into one line on stderr and exit status 2, and Ctrl-C or SIGTERM into one line
+    and exit status 128 + the signal (every output is written whole or not at all, so the ones
+    already finished are complete and the one in progress is absent)."""
     args = build_parser().parse_args(argv)
     try:
-        return run(args)
+        with _sigterm_unwinds():
+            return run(args)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, Stopped) as e:
+        signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
+        print(f"\nstopped by {signal.Signals(signum).name}: the outputs finished before it are complete; "
+              "the one in progress was not written", file=sys.stderr, flush=True)
+        return 128 + signum

@@ -68,7 +68,8 @@ def run(device, shape, dtype, layout):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small shape (a few seconds)")
     p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     args = p.parse_args(argv)

@@ -16,9 +16,10 @@ Batch, height and width stay dynamic in the exported graph.
 from __future__ import annotations
 
 import os
-import tempfile
 
 import torch
+
+from .atomic import atomic_path
 
 __all__ = ["DEFAULT_OPSET", "MIN_OPSET", "export_onnx", "compare_onnx", "mesrgan_ops_in"]
 
@@ -77,16 +78,8 @@ def export_onnx(model, path, *, opset: int = DEFAULT_OPSET, example_size=(2, 3, 
     program = torch.onnx.export(exported, dynamo=True, opset_version=opset, input_names=[_INPUT],
                                 output_names=[_OUTPUT], verbose=False)
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         program.save(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

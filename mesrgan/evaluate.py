@@ -39,7 +39,8 @@ import time
 import numpy as np
 import torch
 
-from .cli import check_dir, check_file, int_range, prepare_dir, prepare_file, run_program, write_text_atomic
+from .cli import (check_dir, check_file, check_finite_weights, int_range, output_stems, prepare_dir, prepare_file,
+                  run_program, write_text_atomic)
 from .imageio import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, ImageReadError, is_image_file, read_image, write_image
 from .inference import UsageError, load_checkpoint, upscale_tensor
 from .metrics import niqe, psnr, rmse, ssim
@@ -60,7 +61,7 @@ CONVENTIONS = {
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
+    p = argparse.ArgumentParser(allow_abbrev=False,
         prog="python -m mesrgan.evaluate",
         description="PSNR / SSIM / RMSE / NIQE of a super-resolution generator on a set of HR images, "
                     "beside the bicubic baseline.")
@@ -75,7 +76,9 @@ def build_parser():
     p.add_argument("--lr-data", default=None, metavar="DIR",
                    help="folder of paired LR images (same file stem, optionally with an x<scale> suffix); "
                         "default: bicubic downscaling of each HR image")
-    p.add_argument("--save-dir", default=None, metavar="DIR", help="write each SR image there as PNG")
+    p.add_argument("--save-dir", default=None, metavar="DIR",
+                   help="write each SR image there as <name>.png (images that share a file stem get distinct "
+                        "names: a_jpg.png, a_png.png; an existing file of that name is replaced whole)")
     p.add_argument("--json", default=None, metavar="FILE", help="write all numbers there as JSON")
     p.add_argument("--metrics", choices=sorted(CONVENTIONS), default="standard",
                    help="standard (default): Y of BT.601, crop = scale, 11x11 Gaussian SSIM, as SR papers report; "
@@ -293,9 +296,13 @@ def run(args):
         check_file(args.json, "--json")
     device = _resolve_device(args.device)
     generator, info, scale = load_checkpoint(args.weights, args.model, device, args.scale)
+    check_finite_weights(generator, "--weights", args.weights)
+    stems = {}  # image name -> file stem, where they differ (same-stem files get longer, distinct names)
     if args.data is not None:
         paths = _list_images(args.data, "--data")
-        images = [(os.path.splitext(os.path.basename(p))[0], _hr_reader(p, args.max_pixels)) for p in paths]
+        names = output_stems(paths)
+        stems = {names[p]: os.path.splitext(os.path.basename(p))[0] for p in paths}
+        images = [(names[p], _hr_reader(p, args.max_pixels)) for p in paths]
         source = args.data
     else:
         from .data import bundled_images
@@ -307,6 +314,7 @@ def run(args):
     lr_images = None
     if args.lr_data is not None:
         lr_images = {k: _hr_reader(p, args.max_pixels) for k, p in _lr_index(args.lr_data, scale).items()}
+        lr_images.update({name: lr_images[stem] for name, stem in stems.items() if stem in lr_images})
     if args.save_dir is not None:
         prepare_dir(args.save_dir, "--save-dir")
     if args.json is not None:

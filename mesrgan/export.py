@@ -25,7 +25,7 @@ __all__ = ["main"]
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m mesrgan.export",
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="python -m mesrgan.export",
                                 description="Export a SRGAN / ESRGAN / MESRGAN generator checkpoint to ONNX.")
     p.add_argument("--weights", required=True, metavar="CKPT",
                    help="generator checkpoint: ours, a bare state dict, or published ESRGAN / Real-ESRGAN weights")

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .atomic import atomic_path
+
 __all__ = ["ImageReadError", "ImageTooLargeError", "LoadedImage", "IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS",
            "MAX_PIXELS_ENV", "check_image", "default_max_pixels", "image_size", "is_image_file", "read_image",
            "read_image_samples", "to_samples", "write_image", "read_png16", "write_png16"]
@@ -400,6 +402,7 @@ def write_image(path, pixels: np.ndarray, *, bit_depth: int = 8, quality: int = 
     ``pixels``: float in [0, 1] (clamped, rounded), or uint8 / uint16 samples (written as they
     are at their own bit depth, else rescaled). ``bit_depth=16`` needs a ``.png`` path. Alpha
     cannot go into JPEG (a ValueError says so). ``quality`` (1..100) applies to JPEG and WebP.
+    The file is written whole or not at all (:func:`mesrgan.atomic.atomic_path`).
     """
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
@@ -420,9 +423,11 @@ def write_image(path, pixels: np.ndarray, *, bit_depth: int = 8, quality: int = 
     if fmt == "JPEG" and c in (2, 4):
         raise ValueError(f"{path}: JPEG cannot store an alpha channel; use .png or .webp")
     arr = to_samples(pixels, bit_depth)
-    if bit_depth == 16:
-        write_png16(path, arr)
-        return
-    im = Image.fromarray(arr[..., 0] if c == 1 else arr)  # L, LA, RGB or RGBA from the shape
-    kwargs = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
-    im.save(path, fmt, **kwargs)
+    # whole or absent: a kill or a full disk mid-write leaves the earlier file (or none) under this name
+    with atomic_path(path) as tmp:
+        if bit_depth == 16:
+            write_png16(tmp, arr)
+        else:
+            im = Image.fromarray(arr[..., 0] if c == 1 else arr)  # L, LA, RGB or RGBA from the shape
+            kwargs = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
+            im.save(tmp, fmt, **kwargs)

@@ -340,13 +340,21 @@ def test_numeric_flags_are_range_checked(tmp_path, capsys, program, flags, messa
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--psnr-lr", "-1"], "psnr-lr must be a number > 0"), (["--lr-gamma", "0"], "lr-gamma must be a number > 0"),
-    (["--beta1", "1.5"], r"beta1 must be in \[0, 1\)"), (["--adv-weight", "-1"], "adv-weight must be a number >= 0"),
-    (["--seed", "-1"], "seed must be an integer >= 0"), (["--stop-after", "-2"], "stop-after must be >= 0"),
+    (["--psnr-lr", "-1"], "--psnr-lr must be a number > 0, got -1.0"),
+    (["--lr-gamma", "0"], r"--lr-gamma must be a number in \(0, 1\]"),
+    (["--lr-gamma", "5"], r"--lr-gamma must be a number in \(0, 1\]"),  # was accepted: a growing lr
+    (["--beta1", "1.5"], r"--beta1 must be in \[0, 1\)"), (["--adv-weight", "-1"], "--adv-weight must be a number >= 0"),
+    (["--seed", "-1"], "--seed must be a whole number >= 0"), (["--stop-after", "-2"], "--stop-after must be a whole number >= 0"),
+    (["--batch-size", "0"], "--batch-size must be a positive whole number, got 0"),
+    (["--crop-size", "100000"], "--crop-size must be at most 8192, got 100000"),
+    (["--crop-size", "30"], "--crop-size must be a multiple of scale 4"),
 ])
-def test_train_numeric_options_are_range_checked(flags, message):
+def test_train_numeric_options_are_range_checked(flags, message, capsys):
     with pytest.raises(SystemExit, match=message):
         T.resolve_config(["--quick", *flags])
+    assert T.main(["--quick", *flags]) == 2  # the program: one line, status 2 like argparse's own errors
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(message, err), err
 
 
 def test_write_image_quality_range(tmp_path):

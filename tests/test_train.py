@@ -2,6 +2,7 @@
 behaviour around them: no VGG weights, progress, stops, run folders and their lock, clean resume."""
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -238,21 +239,24 @@ def test_quick_runs_stage2_without_vgg_and_says_so(assets, tmp_path, capsys, mon
     assert rec and "l_per" not in rec[0]
 
 
-def test_clear_errors(assets, tmp_path):
+def _refused(args, message, capsys):
+    """The program refuses ``args`` with one line naming the problem and exit status 2."""
+    assert T.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(message, err), err
+
+
+def test_clear_errors(assets, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     no_data = [a if a != assets["train"] else str(tmp_path / "empty") for a in tiny(assets, tmp_path / "o")]
-    with pytest.raises(SystemExit, match="no images"):
-        T.main(no_data)
-    with pytest.raises(SystemExit, match="starts from a stage-1 generator"):
-        T.main(tiny(assets, tmp_path / "fresh", "--stage", "gan"))
-    with pytest.raises(SystemExit, match="no checkpoint"):
-        T.main(tiny(assets, tmp_path / "fresh2", "--resume"))
-    with pytest.raises(SystemExit, match="needs a CUDA device"):
-        T.main(tiny(assets, tmp_path / "amp", "--device", "cpu", "--amp", "bf16"))
+    _refused(no_data, "no images", capsys)
+    _refused(tiny(assets, tmp_path / "fresh", "--stage", "gan"), "starts from a stage-1 generator", capsys)
+    _refused(tiny(assets, tmp_path / "fresh2", "--resume"), "no checkpoint", capsys)
+    _refused(tiny(assets, tmp_path / "amp", "--device", "cpu", "--amp", "bf16"), "needs a CUDA device", capsys)
     not_vgg = tmp_path / "not_vgg.pth"
     torch.save({"something": torch.ones(2)}, not_vgg)
-    with pytest.raises(SystemExit, match=f"{not_vgg} is not torchvision's VGG19 ImageNet checkpoint"):
-        T.main(tiny(assets, tmp_path / "badvgg", "--vgg-weights", str(not_vgg)))  # at start: nothing trained
+    _refused(tiny(assets, tmp_path / "badvgg", "--vgg-weights", str(not_vgg)),  # at start: nothing trained
+             re.escape(f"{not_vgg} is not torchvision's VGG19 ImageNet checkpoint"), capsys)
     assert not (tmp_path / "badvgg" / "metrics.jsonl").exists()
 
 
@@ -427,7 +431,7 @@ def test_second_stop_signal_stops_at_once_and_keeps_the_checkpoint(assets, tmp_p
 
 
 # ---- run folders ---------------------------------------------------------------------------------
-def test_quick_after_an_interrupted_main_run_leaves_it_alone(assets, tmp_path, monkeypatch):
+def test_quick_after_an_interrupted_main_run_leaves_it_alone(assets, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the default folders, runs/<model> and runs/<model>-quick
     main_job = _without(tiny(assets, "unused"), "--out")
     assert T.main(main_job + ["--stop-after", "2"]) == 0
@@ -438,21 +442,22 @@ def test_quick_after_an_interrupted_main_run_leaves_it_alone(assets, tmp_path, m
     assert T.main(quick) == 0
     assert torch.load(tmp_path / "runs" / "esrgan-quick" / "last.pt", weights_only=True)["stage"] == "gan"
     assert {f: (main_dir / f).read_bytes() for f in saved} == saved
-    with pytest.raises(SystemExit, match="already holds a run"):
-        T.main(quick)  # and a second demo does not replace the first silently either
+    assert T.main(quick) == 2  # and a second demo does not replace the first silently either
+    assert "already holds a run" in capsys.readouterr().err
     assert T.main(main_job + ["--resume"]) == 0
     ck = torch.load(main_dir / "last.pt", weights_only=True)
     assert (ck["stage"], ck["iteration"], ck["train_config"]["crop_size"]) == ("gan", 3, 32)
 
 
-def test_a_new_run_over_a_checkpoint_is_refused_until_overwrite(assets, tmp_path):
+def test_a_new_run_over_a_checkpoint_is_refused_until_overwrite(assets, tmp_path, capsys):
     out = tmp_path / "o"
     assert T.main(tiny(assets, out, "--stop-after", "2")) == 0
     before = (out / "last.pt").read_bytes()
-    with pytest.raises(SystemExit) as e:
-        T.main(tiny(assets, out))
+    capsys.readouterr()
+    assert T.main(tiny(assets, out)) == 2
+    err = capsys.readouterr().err
     for way in ("--resume", "--out", "--overwrite"):
-        assert way in str(e.value)
+        assert way in err
     assert (out / "last.pt").read_bytes() == before
     assert T.main(tiny(assets, out, "--overwrite", "--stage", "psnr", "--psnr-iters", "1")) == 0
     assert [(r["stage"], r["iteration"]) for r in _metrics(out)] == [("psnr", 1), ("psnr", 1)]  # loss, val
@@ -478,9 +483,12 @@ def test_two_concurrent_runs_into_one_folder(assets, tmp_path, capsys):
         p.communicate()
         p.watchdog.cancel()
     capsys.readouterr()
-    assert T.main(tiny(assets, out, "--stage", "psnr", "--psnr-iters", "2")) == 0
-    assert f"took over the lock of {out} from a run that ended without releasing it (pid {p.pid} " \
-        in capsys.readouterr().out
+    # the killed run left no checkpoint, but its metrics.jsonl and config.toml: still a run to keep
+    assert T.main(tiny(assets, out, "--stage", "psnr", "--psnr-iters", "2")) == 2
+    said = capsys.readouterr()
+    assert "already holds a run (metrics.jsonl, config.toml)" in said.err
+    assert f"took over the lock of {out} from a run that ended without releasing it (pid {p.pid} " in said.out
+    assert T.main(tiny(assets, out, "--stage", "psnr", "--psnr-iters", "2", "--overwrite")) == 0
     assert [r["iteration"] for r in _metrics(out) if "l_pix" in r] == [1, 2]  # the new run's log alone
 
 

@@ -130,10 +130,39 @@ def test_a_new_run_is_refused_over_a_checkpoint(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"stage": "psnr", "iteration": 1}\n')
     before = (tmp_path / "last.pt").read_bytes()
     with pytest.raises(SystemExit) as e:
-        folder.claim_for_new_run(_cfg())
-    for way in ("--resume", "--out", "--overwrite", str(tmp_path / "last.pt")):
+        folder.check_new_run(_cfg())
+    for way in ("--resume", "--out", "--overwrite", "last.pt", "metrics.jsonl"):
         assert way in str(e.value)
     assert (tmp_path / "last.pt").read_bytes() == before and (tmp_path / "metrics.jsonl").exists()
+
+
+def _stage1_leftovers(tmp_path):
+    """A run folder whose big last.pt the user deleted, keeping the rest (and a note of their own in samples/)."""
+    folder = RunFolder(str(tmp_path))
+    for name in ("best.pt", "stage1.pt", "stage1_best.pt"):
+        save_checkpoint({"stage": "psnr", "iteration": 1}, folder.file(name))
+    (tmp_path / "metrics.jsonl").write_text('{"stage": "psnr", "iteration": 1}\n')
+    (tmp_path / "samples").mkdir()
+    (tmp_path / "samples" / "psnr_0000010.png").write_bytes(b"png")
+    (tmp_path / "samples" / "my-notes.txt").write_text("mine")
+    return folder
+
+
+def _tree(root):
+    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+
+
+def test_a_folder_without_last_pt_still_holds_a_run(tmp_path):
+    folder = _stage1_leftovers(tmp_path)
+    before = _tree(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        folder.check_new_run(_cfg())
+    msg = str(e.value)
+    assert "already holds a run (best.pt, metrics.jsonl, stage1.pt, stage1_best.pt, samples/psnr_0000010.png)" in msg
+    assert "--resume" not in msg and "--overwrite" in msg and "--out" in msg  # nothing to resume from
+    assert _tree(tmp_path) == before
+    folder.check_new_run(_cfg(overwrite=True))  # allowed, and still deletes nothing by itself
+    assert _tree(tmp_path) == before
 
 
 def test_overwrite_removes_the_old_runs_files_only(tmp_path):
@@ -144,21 +173,28 @@ def test_overwrite_removes_the_old_runs_files_only(tmp_path):
         (tmp_path / name).write_text("x")
     (tmp_path / "samples").mkdir()
     (tmp_path / "samples" / "psnr_0000001.png").write_bytes(b"png")
-    folder.claim_for_new_run(_cfg(stage="gan", overwrite=True))  # stage 2 alone keeps stage 1's files
-    assert sorted(os.listdir(tmp_path)) == ["notes.txt", "stage1.pt", "stage1_best.pt"]
-    folder.claim_for_new_run(_cfg(overwrite=True))
-    assert os.listdir(tmp_path) == ["notes.txt"]
+    (tmp_path / "tb").mkdir()
+    (tmp_path / "tb" / "events.out.tfevents.1.host.2.0").write_bytes(b"ev")
+    (tmp_path / "tb" / "my-plot.png").write_bytes(b"mine")
+    removed = folder.clear_for_new_run(_cfg(stage="gan", overwrite=True))  # stage 2 alone keeps stage 1's files
+    assert sorted(removed) == ["best.pt", "config.toml", "last.pt", "metrics.jsonl", "samples/psnr_0000001.png",
+                               "tb/events.out.tfevents.1.host.2.0"]
+    assert _tree(tmp_path) == ["notes.txt", "stage1.pt", "stage1_best.pt", "tb/my-plot.png"]
+    folder.clear_for_new_run(_cfg(overwrite=True))
+    assert _tree(tmp_path) == ["notes.txt", "tb/my-plot.png"]  # samples/ was emptied and removed, tb/ is not empty
 
 
 def test_stage2_alone_may_follow_stage1_in_the_same_folder(tmp_path):
     folder = RunFolder(str(tmp_path))
     save_checkpoint({"stage": "psnr", "iteration": 3}, folder.last)
     save_checkpoint({"generator": {}}, folder.file("stage1.pt"))
-    folder.claim_for_new_run(_cfg(stage="gan"))  # no error, nothing removed
-    assert sorted(os.listdir(tmp_path)) == ["last.pt", "stage1.pt"]
+    save_checkpoint({"stage": "psnr", "iteration": 2}, folder.file("best.pt"))
+    folder.check_new_run(_cfg(stage="gan"))  # no error
+    assert folder.clear_for_new_run(_cfg(stage="gan")) == []  # nothing removed; stage 1's best is kept aside
+    assert sorted(os.listdir(tmp_path)) == ["last.pt", "stage1.pt", "stage1_best.pt"]
     save_checkpoint({"stage": "gan", "iteration": 1}, folder.last)  # but not over a stage-2 run
     with pytest.raises(SystemExit, match="already holds a run"):
-        folder.claim_for_new_run(_cfg(stage="gan"))
+        folder.check_new_run(_cfg(stage="gan"))
 
 
 def test_rng_state_round_trip():

@@ -20,6 +20,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 from PIL import Image
 
+from ..atomic import atomic_path
 from .datasets import find_images, load_image
 
 __all__ = ["tile_positions", "cut_image", "prepare", "main"]
@@ -53,8 +54,8 @@ def cut_image(src_path: str, dst_dir: str, stem: str, size: int, step: int, min_
         for x in tile_positions(w, size, step):
             n += 1
             tile = a[y:y + size, x:x + size]
-            Image.fromarray(tile).save(os.path.join(dst_dir, f"{stem}_s{n:03d}.png"),
-                                       compress_level=compress_level)
+            with atomic_path(os.path.join(dst_dir, f"{stem}_s{n:03d}.png")) as tmp:
+                Image.fromarray(tile).save(tmp, "PNG", compress_level=compress_level)
     return n
 
 
@@ -95,7 +96,7 @@ def prepare(src: str, dst: str, size: int = 480, step: int = 240, min_size: int 
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mesrgan.data.prepare", description=__doc__,
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="python -m mesrgan.data.prepare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", help="folder of large images (searched recursively)")
     p.add_argument("dst", help="output folder for the tiles (created)")

@@ -6,7 +6,7 @@ from .compute import compute_report, format_compute_table, layer_macs
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m mesrgan.models", description=__doc__)
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m mesrgan.models", description=__doc__)
     parser.add_argument("--report", action="store_true", help="print the compute table (markdown)")
     parser.add_argument("--sizes", type=int_range(1, 4096), nargs="+", default=[32, 128],
                         help="LR input sides, 1..4096 (default: 32 128)")

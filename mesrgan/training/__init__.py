@@ -10,13 +10,13 @@ entry point):
 * :mod:`.reporting` - console progress, ``metrics.jsonl``, TensorBoard;
 * :mod:`.stops` - SIGINT / SIGTERM: stop after the iteration, or at once.
 """
-from .config import (EXIT_NEEDS_VGG, MODELS, PAPER_DEFAULTS, QUICK, RUN_ONLY, STAGES, build_parser,
+from .config import (EXIT_NEEDS_VGG, MODELS, PAPER_DEFAULTS, QUICK, RUN_ONLY, STAGES, ConfigError, build_parser,
                      default_workers, dump_toml, resolve_config)
 from .loop import Trainer
 from .optim import lr_at
 from .run_folder import RunFolder, RunLock, remove_temp_files, save_checkpoint
 from .stops import StopNow
 
-__all__ = ["EXIT_NEEDS_VGG", "MODELS", "PAPER_DEFAULTS", "QUICK", "RUN_ONLY", "STAGES", "RunFolder", "RunLock",
+__all__ = ["EXIT_NEEDS_VGG", "MODELS", "PAPER_DEFAULTS", "QUICK", "RUN_ONLY", "STAGES", "ConfigError", "RunFolder", "RunLock",
            "StopNow", "Trainer", "build_parser", "default_workers", "dump_toml", "lr_at", "remove_temp_files",
            "resolve_config", "save_checkpoint"]

@@ -5,6 +5,7 @@ Each builder reads the configuration of :mod:`.config` and turns a failure into 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import warnings
@@ -13,8 +14,9 @@ import torch
 
 from .. import losses as L
 from ..data import CropDataset, bundled_images, find_images, load_image, prepare_validation
+from .config import ConfigError, one_line
 
-__all__ = ["Networks", "pick_device", "build_networks", "build_train_set", "build_val_set",
+__all__ = ["Networks", "pick_device", "build_networks", "check_step_memory", "saved_bytes_per_lr_pixel", "build_train_set", "build_val_set",
            "vgg_cache_file", "find_vgg_weights", "missing_vgg_text", "perceptual_needed", "build_perceptual"]
 
 
@@ -26,14 +28,14 @@ def pick_device(cfg: dict, local_rank: int | None) -> torch.device:
     dev = torch.device(want)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise SystemExit(f"error: --device {cfg['device']} asked for CUDA, but torch sees no GPU")
+            raise ConfigError(f"error: --device {cfg['device']} asked for CUDA, but torch sees no GPU")
         if local_rank is not None:
             dev = torch.device("cuda", local_rank)
         elif dev.index is None:  # set_device and the checkpoints want an explicit index
             dev = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(dev)
     if cfg["amp"] != "none" and dev.type != "cuda":
-        raise SystemExit(f"error: --amp {cfg['amp']} needs a CUDA device; this run is on {dev}")
+        raise ConfigError(f"error: --amp {cfg['amp']} needs a CUDA device; this run is on {dev}")
     return dev
 
 
@@ -61,20 +63,93 @@ class Networks:
 
 
 def build_networks(cfg: dict, device: torch.device, with_discriminator: bool) -> Networks:
+    """The run's networks; a generator or discriminator option they refuse, or a batch whose
+    training step cannot fit in this machine's memory, is one :class:`ConfigError` line."""
     from ..models import build_discriminator, build_generator, generator_config
 
-    # The generator config is what load_generator needs to rebuild it from a checkpoint.
-    gen_config = generator_config(cfg["model"], cfg["scale"], **cfg["generator"])
-    G = build_generator(cfg["model"], **gen_config).to(device)
+    with _options_of("--g-opt / [generator]", cfg["generator"]):
+        # The generator config is what load_generator needs to rebuild it from a checkpoint.
+        gen_config = generator_config(cfg["model"], cfg["scale"], **cfg["generator"])
+        G = build_generator(cfg["model"], **gen_config).to(device)
+    check_step_memory(cfg, G, device)
     D = None
     if with_discriminator:
-        D = build_discriminator(cfg["model"], **{"input_size": cfg["crop_size"], **cfg["discriminator"]}).to(device)
+        with _options_of("--d-opt / [discriminator]", cfg["discriminator"]):
+            D = build_discriminator(cfg["model"], **{"input_size": cfg["crop_size"], **cfg["discriminator"]})
+        D = D.to(device)
     if cfg["channels_last"]:
         for m in (G, D):
             if m is not None:
                 m.to(memory_format=torch.channels_last)
     ema = copy.deepcopy(G).eval().requires_grad_(False) if cfg["ema"] > 0 else None
     return Networks(G, D, ema, gen_config)
+
+
+@contextlib.contextmanager
+def _options_of(where: str, options: dict):
+    """Turn a constructor's refusal of the user's options (an unknown name, a value of the wrong
+    type or range) into one line naming where they were given."""
+    try:
+        yield
+    except (TypeError, ValueError, RuntimeError, KeyError) as e:
+        raise ConfigError(f"error: {where} {options}: {one_line(e)}") from None
+
+
+# ---- memory: a batch the machine cannot hold fails at start, not after minutes of swapping ----------
+_PROBE_LR = 16  # side of the LR probe whose saved activations are measured
+
+
+def saved_bytes_per_lr_pixel(G: torch.nn.Module, device: torch.device) -> float:
+    """Bytes autograd keeps for the backward of ``G``, per LR pixel of a batch, measured on one
+    small probe (activations grow with the pixel count; the probe's output and input count too)."""
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    was_training = G.training
+    G.eval()  # no batch-norm statistics move
+    try:
+        # its own generator: the run's random streams must not move
+        x = torch.rand(1, 3, _PROBE_LR, _PROBE_LR, generator=torch.Generator().manual_seed(0)).to(device)
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = G(x.requires_grad_())
+            total += 2 * y.numel() * y.element_size()  # the output and its gradient
+    finally:
+        G.train(was_training)
+    return total / _PROBE_LR ** 2
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes this process could still allocate on ``device``: free GPU memory, or the kernel's
+    MemAvailable; None where it cannot be read."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_step_memory(cfg: dict, G: torch.nn.Module, device: torch.device) -> None:
+    """Refuse a batch whose generator step alone needs more memory than ``device`` has: a lower
+    bound (the discriminator, VGG and the optimiser come on top), so no run that fits is refused."""
+    free = available_memory(device)
+    if free is None:
+        return
+    lr_side = cfg["crop_size"] // cfg["scale"]
+    need = saved_bytes_per_lr_pixel(G, device) * cfg["batch_size"] * lr_side ** 2
+    if need > free:
+        raise ConfigError(
+            f"error: --batch-size {cfg['batch_size']} with --crop-size {cfg['crop_size']}: one training step of "
+            f"this generator keeps at least {need / 2**30:,.1f} GiB of activations for its backward, and "
+            f"{device} has {free / 2**30:,.1f} GiB available; lower --batch-size or --crop-size")
 
 
 def build_train_set(cfg: dict, log) -> CropDataset:
@@ -89,11 +164,11 @@ def build_train_set(cfg: dict, log) -> CropDataset:
             else:
                 ds = CropDataset.from_arrays(bundled_images("train"), cfg["crop_size"], cfg["scale"], **kw)
         except (FileNotFoundError, ValueError, RuntimeError) as e:
-            raise SystemExit(f"error: {e}") from None
+            raise ConfigError(f"error: {e}") from None
     for w in caught:
         log(f"warning: {w.message}")
     if len(ds) == 0:
-        raise SystemExit("error: no training images left after skipping")
+        raise ConfigError("error: no training images left after skipping")
     where = ", ".join(cfg["data"]) if cfg["data"] else "scikit-image's bundled photos"
     log(f"training on {len(ds)} images from {where}; crops {cfg['crop_size']} -> "
         f"{cfg['crop_size'] // cfg['scale']} (x{cfg['scale']})")
@@ -151,6 +226,6 @@ def build_perceptual(cfg: dict, path: str, device: torch.device):
     try:
         extractor = VGGFeatureExtractor(layer=cfg["perceptual_layer"], weights=path, pretrained=True)
     except Exception as e:  # noqa: BLE001 - turned into one clear message
-        raise SystemExit(f"error: {path} is not torchvision's VGG19 ImageNet checkpoint (vgg19-dcbb9e9d.pth), "
+        raise ConfigError(f"error: {path} is not torchvision's VGG19 ImageNet checkpoint (vgg19-dcbb9e9d.pth), "
                          f"which stage 2 reads (--vgg-weights PATH or torch's hub cache): {e}") from None
     return L.PerceptualLoss(extractor, cfg["perceptual_criterion"]).to(device)

@@ -18,7 +18,7 @@ try:  # Python >= 3.11
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["MODELS", "STAGES", "PAPER_DEFAULTS", "QUICK", "RUN_ONLY", "DESCRIPTION", "EXIT_NEEDS_VGG",
+__all__ = ["MODELS", "STAGES", "PAPER_DEFAULTS", "QUICK", "RUN_ONLY", "DESCRIPTION", "EXIT_NEEDS_VGG", "ConfigError",
            "default_workers", "build_parser", "resolve_config", "validate", "dump_toml", "stages_of",
            "resume_command"]
 
@@ -50,10 +50,14 @@ Run folder OUT (default runs/<model>, runs/<model>-quick with --quick), locked w
   metrics.jsonl   training losses (every --log-every) and validation results, one JSON per line
   samples/        side-by-side PNGs (bicubic | SR | HR) of a validation crop
   config.toml     the resolved configuration
-A new run into a folder that holds last.pt is refused: --resume it, choose another --out, or
---overwrite it. All .pt files load with mesrgan.models.load_generator / upscale --weights.
-Exit status: 0 done (or --stop-after), 1 error, 2 bad flags, 3 stage 1 done but VGG19 weights
-missing, 128 + N stopped by signal N (130 Ctrl-C, 143 SIGTERM).
+A new run into a folder that holds any of these files is refused: --resume it, choose another
+--out, or --overwrite it. --overwrite deletes only these files (samples/ and tb/: only the ones a
+run writes there), and only once the new run's flags, data and networks have been checked; any
+other file in the folder is kept. Every file is written whole or not at all (temporary file and
+rename). All .pt files load with mesrgan.models.load_generator / upscale --weights.
+Exit status: 0 done (or --stop-after), 1 error (e.g. a full disk: the files already written stay
+whole), 2 bad flags, configuration or run folder (one line naming the flag; nothing changed on
+disk), 3 stage 1 done but VGG19 weights missing, 128 + N stopped by signal N (130 Ctrl-C, 143 SIGTERM).
 """
 
 def default_workers() -> int:
@@ -129,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line. Flags default to None here; paper defaults are filled in by
     :func:`resolve_config` (so a config file can sit between the two)."""
     S = argparse.SUPPRESS
-    p = argparse.ArgumentParser(
+    p = argparse.ArgumentParser(allow_abbrev=False,
         prog="python -m mesrgan.train", description=DESCRIPTION, argument_default=S,
         formatter_class=argparse.RawDescriptionHelpFormatter)
 
@@ -150,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stage", choices=("psnr", "gan", "all"), help=f"which stage(s) to run {d('stage')}")
     g.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     g.add_argument("--overwrite", action="store_true",
-                   help="start a new run in an OUT that holds one, deleting that run's files")
+                   help="start a new run in an OUT that holds one, deleting that run's files (and no other "
+                   "file) once the new run is set up")
     g.add_argument("--stop-after", type=int, metavar="N",
                    help="stop (with a checkpoint) after N iterations in this invocation; continue with --resume")
     g.add_argument("--quick", action="store_true",
@@ -179,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep decoded training images in memory (per worker)")
     g.add_argument("--scale", type=int, choices=(2, 4), help=d("scale"))
     g.add_argument("--crop-size", type=int, help="HR crop side " + d("crop_size"))
-    g.add_argument("--batch-size", type=int, help=f"images per iteration, over all processes {d('batch_size')}")
+    g.add_argument("--batch-size", type=int, help="images per iteration, over all processes; refused at start if a "
+                   f"step cannot fit in memory {d('batch_size')}")
 
     g = p.add_argument_group("stage 1 (psnr)")
     g.add_argument("--psnr-iters", type=int, help=d("psnr_iters"))
@@ -205,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stage-1 generator for --stage gan (default: OUT/stage1.pt)")
 
     g = p.add_argument_group("optimiser and bookkeeping")
-    g.add_argument("--lr-gamma", type=float, help=d("lr_gamma"))
+    g.add_argument("--lr-gamma", type=float, help="lr factor at each milestone, in (0, 1] " + d("lr_gamma"))
     g.add_argument("--beta1", type=float, help=d("beta1"))
     g.add_argument("--beta2", type=float, help=d("beta2"))
     g.add_argument("--val-every", type=int, help=d("val_every"))
@@ -233,23 +239,17 @@ def resolve_config(argv=None) -> dict:
     file_cfg = {}
     if cli.get("config"):
         path = cli["config"]
-        try:
-            with open(path, "rb") as f:
-                file_cfg = tomllib.load(f)
-        except FileNotFoundError:
-            raise SystemExit(f"error: --config {path!r}: no such file") from None
-        except tomllib.TOMLDecodeError as e:
-            raise SystemExit(f"error: --config {path!r} is not valid TOML: {e}") from None
-        file_cfg = {k.replace("-", "_"): v for k, v in file_cfg.items()}
+        file_cfg = _read_config_file(path)
     model = cli.get("model", file_cfg.get("model", "mesrgan"))
     if model not in MODELS:
-        raise SystemExit(f"error: model must be one of {', '.join(MODELS)}, got {model!r}")
+        raise ConfigError(f"error: model in --config {cli['config']!r} must be one of {', '.join(MODELS)}, "
+                          f"got {model!r}")
     defaults = PAPER_DEFAULTS[model]
     known = set(defaults) | {"model", "out"}
     unknown = sorted(set(file_cfg) - known - set(RUN_ONLY))
     if unknown:
-        raise SystemExit(f"error: --config {cli['config']!r}: unknown key(s) {unknown}; "
-                         f"known keys: {', '.join(sorted(known))}")
+        raise ConfigError(f"error: --config {cli['config']!r}: unknown key(s) {unknown}; "
+                          f"known keys: {', '.join(sorted(known))}")
     quick = cli.get("quick", file_cfg.get("quick", False))
     cfg = dict(copy.deepcopy(defaults))
     if quick:
@@ -269,51 +269,114 @@ def resolve_config(argv=None) -> dict:
     cfg.pop("config", None)
     for k in ("data", "data_lr", "val_data"):
         v = cfg.get(k) or []
-        cfg[k] = [v] if isinstance(v, str) else list(v)
-    validate(cfg)
+        cfg[k] = [v] if isinstance(v, str) else v
+    validate(cfg, lambda key: _flag(key) if key in cli or key not in file_cfg else f"{key} in --config {cli['config']!r}")
     return cfg
 
 
-def validate(cfg):
-    """Raise ``SystemExit`` naming the flag when a value of ``cfg`` is out of range."""
-    def need(cond, msg):
-        if not cond:
-            raise SystemExit(f"error: {msg}")
+def _read_config_file(path: str) -> dict:
+    """The TOML file of ``--config``, its keys with dashes as underscores; one line for a file
+    that cannot be read or parsed."""
+    try:
+        with open(path, "rb") as f:
+            file_cfg = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"error: --config {path!r}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"error: --config {path!r} is a folder; give the TOML file (e.g. OUT/config.toml)") from None
+    except OSError as e:
+        raise ConfigError(f"error: --config {path!r}: cannot read it ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"error: --config {path!r} is not a UTF-8 text file ({e.reason} at byte {e.start})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"error: --config {path!r} is not valid TOML: {e}") from None
+    return {k.replace("-", "_"): v for k, v in file_cfg.items()}
 
-    for k in ("batch_size", "crop_size", "log_every", "val_every", "save_every"):
-        need(isinstance(cfg[k], int) and cfg[k] > 0, f"{k.replace('_', '-')} must be a positive integer, got {cfg[k]!r}")
-    for k in ("psnr_iters", "gan_iters", "workers", "val_max_size"):
-        need(isinstance(cfg[k], int) and cfg[k] >= 0, f"{k.replace('_', '-')} must be >= 0, got {cfg[k]!r}")
-    need(cfg["scale"] in (2, 4), f"scale must be 2 or 4, got {cfg['scale']!r}")
-    need(cfg["crop_size"] % cfg["scale"] == 0,
-         f"crop-size must be a multiple of scale {cfg['scale']}, got {cfg['crop_size']}")
-    need(cfg["stage"] in ("psnr", "gan", "all"), f"stage must be psnr, gan or all, got {cfg['stage']!r}")
-    need(cfg["amp"] in ("none", "bf16", "fp16"), f"amp must be none, bf16 or fp16, got {cfg['amp']!r}")
-    need(0.0 <= float(cfg["ema"]) < 1.0, f"ema must be a decay in [0, 1), got {cfg['ema']!r}")
-    need(isinstance(cfg["seed"], int) and cfg["seed"] >= 0, f"seed must be an integer >= 0, got {cfg['seed']!r}")
-    need(cfg["stop_after"] >= 0, f"stop-after must be >= 0 iterations, got {cfg['stop_after']!r}")
-    finite = (int, float)
-    for k in ("psnr_lr", "gan_lr", "d_lr", "lr_gamma"):
-        need(isinstance(cfg[k], finite) and 0 < cfg[k] < math.inf,
-             f"{k.replace('_', '-')} must be a number > 0, got {cfg[k]!r}")
+
+class ConfigError(SystemExit):
+    """A value of the command line or the ``--config`` file that cannot be used. The message is
+    one line naming the flag (or the file's key); ``python -m mesrgan.train`` prints it and exits
+    with status 2, like argparse does for a bad command line."""
+
+
+def one_line(error: BaseException, limit: int = 400) -> str:
+    """An exception's message on one line (PyTorch's state-dict errors span many), shortened."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)  # TOML's true is not a batch size
+
+
+def _is_number(v) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+_POSITIVE_INTS = ("batch_size", "crop_size", "log_every", "val_every", "save_every")
+_COUNTS = ("psnr_iters", "gan_iters", "workers", "val_max_size", "seed", "stop_after")
+_BOOLS = ("channels_last", "cache_images", "tensorboard", "quick")
+_STRINGS = ("device", "vgg_weights", "pretrained", "out", "perceptual_layer")
+_CHOICES = {"stage": ("psnr", "gan", "all"), "amp": ("none", "bf16", "fp16"), "psnr_loss": ("mse", "l1"),
+            "pixel_loss": ("mse", "l1"), "perceptual_criterion": ("mse", "l1"), "gan_type": ("gan", "ragan"),
+            "scale": (2, 4)}
+# the largest values that make sense: beyond them a run would only fail later, or never end
+_CEILINGS = {"crop_size": 8192, "batch_size": 1 << 20, "workers": 256}
+
+
+def validate(cfg, where=None):
+    """Raise :class:`ConfigError` naming the flag when a value of ``cfg`` has the wrong type or is
+    out of range. ``where(key)`` names the source of a value (default ``--flag-name``)."""
+    where = where or _flag
+
+    def need(cond, key, text):
+        if not cond:
+            raise ConfigError(f"error: {where(key)} {text}, got {cfg[key]!r}")
+
+    for k in _POSITIVE_INTS:
+        need(_is_int(cfg[k]) and cfg[k] > 0, k, "must be a positive whole number")
+    for k in _COUNTS:
+        need(_is_int(cfg[k]) and cfg[k] >= 0, k, "must be a whole number >= 0")
+    for k, top in _CEILINGS.items():
+        need(cfg[k] <= top, k, f"must be at most {top}")
+    for k in _BOOLS:
+        need(isinstance(cfg[k], bool), k, "must be true or false")
+    for k in _STRINGS:
+        need(isinstance(cfg[k], str), k, "must be a string")
+    for k, choices in _CHOICES.items():
+        need(cfg[k] in choices and type(cfg[k]) is type(choices[0]), k,
+             "must be one of " + ", ".join(map(str, choices)))
+    need(cfg["crop_size"] % cfg["scale"] == 0, "crop_size", f"must be a multiple of scale {cfg['scale']}")
+    need(_is_number(cfg["ema"]) and 0.0 <= cfg["ema"] < 1.0, "ema", "must be a decay in [0, 1)")
+    for k in ("psnr_lr", "gan_lr", "d_lr"):
+        need(_is_number(cfg[k]) and cfg[k] > 0, k, "must be a number > 0")
+    need(_is_number(cfg["lr_gamma"]) and 0 < cfg["lr_gamma"] <= 1, "lr_gamma",
+         "must be a number in (0, 1] (the factor the lr is multiplied by at each milestone)")
     for k in ("pixel_weight", "perceptual_weight", "adv_weight"):
-        need(isinstance(cfg[k], finite) and 0 <= cfg[k] < math.inf,
-             f"{k.replace('_', '-')} must be a number >= 0, got {cfg[k]!r}")
+        need(_is_number(cfg[k]) and cfg[k] >= 0, k, "must be a number >= 0")
     for k in ("beta1", "beta2"):
-        need(isinstance(cfg[k], finite) and 0 <= cfg[k] < 1, f"{k} must be in [0, 1), got {cfg[k]!r}")
-    for k in ("psnr_loss", "pixel_loss", "perceptual_criterion"):
-        need(cfg[k] in ("mse", "l1"), f"{k.replace('_', '-')} must be mse or l1, got {cfg[k]!r}")
-    need(cfg["gan_type"] in ("gan", "ragan"), f"gan-type must be gan or ragan, got {cfg['gan_type']!r}")
-    need(not (cfg["resume"] and cfg["overwrite"]), "--resume continues a run and --overwrite deletes it: give one")
-    need(not cfg["data_lr"] or len(cfg["data_lr"]) == len(cfg["data"]),
-         f"--data-lr must be given once per --data folder ({len(cfg['data'])} --data, {len(cfg['data_lr'])} --data-lr)")
-    for table in ("generator", "discriminator"):
-        need(isinstance(cfg[table], dict), f"{table} options must be a table of KEY = VALUE, got {cfg[table]!r}")
-    need("scale" not in cfg["generator"], "the generator's scale is set with --scale, not --g-opt")
-    need("input_size" not in cfg["discriminator"], "the discriminator's input_size follows --crop-size")
+        need(_is_number(cfg[k]) and 0 <= cfg[k] < 1, k, "must be in [0, 1)")
+    for k in ("data", "data_lr", "val_data"):
+        need(isinstance(cfg[k], list) and all(isinstance(d, str) for d in cfg[k]), k, "must be folder names")
     for k in ("psnr_milestones", "gan_milestones"):
-        need(isinstance(cfg[k], list) and all(isinstance(m, int) and m > 0 for m in cfg[k]),
-             f"{k.replace('_', '-')} must be a list of positive iterations, got {cfg[k]!r}")
+        need(isinstance(cfg[k], list) and all(_is_int(m) and m > 0 for m in cfg[k]), k,
+             "must be a list of positive iterations")
+    if cfg["resume"] and cfg["overwrite"]:
+        raise ConfigError("error: --resume continues a run and --overwrite deletes it: give one")
+    if cfg["data_lr"] and len(cfg["data_lr"]) != len(cfg["data"]):
+        raise ConfigError(f"error: --data-lr must be given once per --data folder ({len(cfg['data'])} --data, "
+                          f"{len(cfg['data_lr'])} --data-lr)")
+    for table, flag in (("generator", "--g-opt"), ("discriminator", "--d-opt")):
+        if not isinstance(cfg[table], dict):
+            raise ConfigError(f"error: {flag} / [{table}] must be a table of KEY = VALUE, got {cfg[table]!r}")
+    if "scale" in cfg["generator"]:
+        raise ConfigError("error: the generator's scale is set with --scale, not --g-opt")
+    if "input_size" in cfg["discriminator"]:
+        raise ConfigError("error: the discriminator's input_size follows --crop-size, not --d-opt")
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
 
 
 def stages_of(cfg) -> list:

@@ -15,10 +15,11 @@ import time
 import numpy as np
 import torch
 
+from ..atomic import write_text_atomic
 from ..data import SampleIdSampler
 from .components import (build_networks, build_perceptual, build_train_set, build_val_set, find_vgg_weights,
                          missing_vgg_text, perceptual_needed, pick_device)
-from .config import EXIT_NEEDS_VGG, RUN_ONLY, STAGES, dump_toml, resume_command, stages_of
+from .config import EXIT_NEEDS_VGG, RUN_ONLY, STAGES, ConfigError, dump_toml, one_line, resume_command, stages_of
 from .distributed import Dist
 from .optim import StageOptimizers
 from .reporting import Console, MetricsLog, TensorBoardLog
@@ -31,23 +32,40 @@ __all__ = ["Trainer"]
 
 
 class _LossWindow:
-    """Losses summed on the device between two log points (no GPU synchronisation per step)."""
+    """Losses summed on the device between two log points (no GPU synchronisation per step).
 
-    def __init__(self, iteration: int, now: float):
-        self.sums, self.count = {}, 0
-        self.start_it, self.start_t = iteration, now
+    It travels in the checkpoint (:meth:`state_dict`), so that the first logged mean after a
+    resume covers the same steps, with the same sums, as in a run that was never interrupted."""
+
+    def __init__(self, stage: str, iteration: int, now: float):
+        self.stage, self.sums, self.count = stage, {}, 0
+        self.start_it = iteration
+        self.clock_it, self.clock_t = iteration, now  # the speed is measured from here
 
     def add(self, logs: dict) -> None:
         for k, v in logs.items():
             self.sums[k] = self.sums[k] + v.float() if k in self.sums else v.float()
         self.count += 1
 
+    def state_dict(self) -> dict:
+        return {"stage": self.stage, "start_it": self.start_it, "count": self.count,
+                "sums": {k: v.detach().cpu() for k, v in self.sums.items()}}
+
+    def load(self, state, iteration: int, device) -> None:
+        """Continue the window saved at ``iteration`` of this stage (nothing if it is another one)."""
+        if not state or state["stage"] != self.stage or state["start_it"] + state["count"] != iteration:
+            return
+        self.sums = {k: v.to(device) for k, v in state["sums"].items()}
+        self.count, self.start_it = state["count"], state["start_it"]
+
 
 class Trainer:
     """Runs the stages of ``cfg`` (from :func:`~.config.resolve_config`) in its run folder.
 
     ``argv``, the command line of this run, only shapes the "continue with" hints. The caller
-    holds the folder's lock and has prepared it (:meth:`~.run_folder.RunFolder.claim_for_new_run`).
+    holds the folder's lock and has checked it (:meth:`~.run_folder.RunFolder.check_new_run`);
+    building the trainer checks the configuration, data and networks, and only then does a new
+    run clear the earlier run's files (:meth:`run`).
     """
 
     def __init__(self, cfg: dict, console: Console | None = None, dist: Dist | None = None, argv=None):
@@ -65,26 +83,29 @@ class Trainer:
 
         self.stages = stages_of(cfg)
         self.state = {"stage": self.stages[0], "iteration": 0, "best_psnr": -math.inf}
+        # The data first: a crop larger than every image fails here, before networks are sized by it.
+        self.train_set = build_train_set(cfg, self.log)
+        self.val_set = build_val_set(cfg, self.log)
         self.nets = build_networks(cfg, self.device, with_discriminator="gan" in self.stages)
         self.steps = Steps(cfg, self.nets, self._perceptual_at_start())
         self.nets.G_train = self.dist.wrap(self.nets.G)
         # Each rank keeps its own discriminator batch-norm statistics: broadcasting buffers on
         # every forward would also clash with the several discriminator passes per step.
         self.nets.D_train = self.dist.wrap(self.nets.D, broadcast_buffers=False)
-        self.train_set = build_train_set(cfg, self.log)
-        self.val_set = build_val_set(cfg, self.log)
         self.opt = None
         self.metrics = MetricsLog(self.folder.metrics, enabled=self.dist.main)
         self.tb = None
         self.stops = StopRequests(announce=self.dist.main)
         self.saved = None  # (stage, iteration) held by last.pt, as this run last wrote or read it
+        self._window = None  # losses since the last log point
+        self._resumed_window = None  # the window saved in last.pt, until the stage continues it
 
     # ---- set-up -------------------------------------------------------------------------------
     def _setup_device(self):
         cfg, dist = self.cfg, self.dist
         self.device = pick_device(cfg, dist.local_rank if dist.enabled else None)
         if cfg["batch_size"] % dist.world_size:
-            raise SystemExit(f"error: --batch-size {cfg['batch_size']} (the global batch) must be divisible by "
+            raise ConfigError(f"error: --batch-size {cfg['batch_size']} (the global batch) must be divisible by "
                              f"the number of processes, {dist.world_size}")
         dist.init(self.device)
 
@@ -146,6 +167,9 @@ class Trainer:
         if self.stages[0] == "gan":
             self._load_stage1()
             self.nets.restart_ema()
+        if self.dist.main:  # everything is checked: now the earlier run's files may go
+            self.folder.clear_for_new_run(self.cfg, self.log)
+        if self.stages[0] == "gan":
             self.metrics.trim(STAGES, "gan", 0)  # stage 1's records of this folder stay
         self._start_stage(self.stages[0])
 
@@ -154,12 +178,25 @@ class Trainer:
         try:
             self.nets.G.load_state_dict(state)
         except RuntimeError as e:
-            raise SystemExit(f"error: {path} does not fit the {self.cfg['model']} generator of this run "
+            raise ConfigError(f"error: {path} does not fit the {self.cfg['model']} generator of this run "
                              f"(options {self.cfg['generator']}): {e}") from None
         self.log(f"stage 2 starts from {path}")
 
     def _resume(self):
         ck = self.folder.read_last(self.cfg, self.stages)
+        try:
+            self._load_run_state(ck)
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
+            what = f"no key {e}" if isinstance(e, KeyError) else one_line(e)
+            raise ConfigError(f"error: --resume: {self.folder.last} does not fit this run ({what}); it was written "
+                              "by another version or configuration, or damaged") from None
+        stage, it = self.state["stage"], self.state["iteration"]
+        self.saved = (stage, it)
+        dropped = self.metrics.trim(STAGES, stage, it)  # the steps after the checkpoint run again
+        self.log(f"resumed from {self.folder.last}: stage {stage}, iteration {it}"
+                 + (f" ({dropped} lines after it cut from metrics.jsonl)" if dropped else ""))
+
+    def _load_run_state(self, ck):
         nets = self.nets
         nets.G.load_state_dict(ck["generator"])
         if nets.ema is not None:
@@ -173,10 +210,7 @@ class Trainer:
         if self.steps.scaler is not None and "scaler" in ck:
             self.steps.scaler.load_state_dict(ck["scaler"])
         set_rng_state(ck["rng"])
-        self.saved = (stage, it)
-        dropped = self.metrics.trim(STAGES, stage, it)  # the steps after the checkpoint run again
-        self.log(f"resumed from {self.folder.last}: stage {stage}, iteration {it}"
-                 + (f" ({dropped} lines after it cut from metrics.jsonl)" if dropped else ""))
+        self._resumed_window = ck.get("loss_window")
 
     def _end_stage(self, stage):
         if not (self.dist.main and stage == "psnr"):
@@ -204,6 +238,8 @@ class Trainer:
             "stage": st["stage"], "iteration": st["iteration"], "best_psnr": st["best_psnr"],
             **self.opt.state_dict(st["iteration"]), "rng": rng_state(),
         })
+        if self._window is not None:
+            ck["loss_window"] = self._window.state_dict()
         if self.nets.D is not None:
             ck["discriminator"] = self.nets.D.state_dict()
         if self.steps.scaler is not None:
@@ -239,8 +275,8 @@ class Trainer:
 
     def _write_config(self):
         if self.dist.main:
-            with open(self.folder.file("config.toml"), "w") as f:
-                f.write(dump_toml({k: v for k, v in self.cfg.items() if k not in RUN_ONLY}))
+            write_text_atomic(self.folder.file("config.toml"),
+                              dump_toml({k: v for k, v in self.cfg.items() if k not in RUN_ONLY}))
 
     def _open_tensorboard(self):
         if self.cfg["tensorboard"] and self.dist.main:
@@ -320,7 +356,9 @@ class Trainer:
             return False, done_here
         self.log(f"stage {stage}: iterations {it + 1}..{iters}, batch {cfg['batch_size']}, lr {self.opt.lr(it):g}")
         self.console.start_stage(stage, it, iters)
-        self._window = _LossWindow(it, time.perf_counter())
+        self._window = _LossWindow(stage, it, time.perf_counter())
+        self._window.load(self._resumed_window, it, self.device)
+        self._resumed_window = None
         try:
             for batch in self._loader(it, iters):
                 it = self._iteration(stage, batch)
@@ -379,11 +417,11 @@ class Trainer:
         by_key = dict(zip(keys, means_t.cpu().tolist()))
         means = {k: by_key[k] for k in logs}  # in the step's order
         now = time.perf_counter()
-        rate = (it - w.start_it) / max(now - w.start_t, 1e-9)
+        rate = (it - w.clock_it) / max(now - w.clock_t, 1e-9)
         record = {"stage": stage, "iteration": it, "lr": self.opt.g.param_groups[0]["lr"], **means,
                   "it_per_s": rate, "time": time.time()}
         self._record(record)
-        self._window = _LossWindow(it, now)
+        self._window = _LossWindow(stage, it, now)
         return means
 
     def _record(self, record):

@@ -15,6 +15,8 @@ import os
 import sys
 import time
 
+from ..atomic import write_text_atomic
+
 __all__ = ["Console", "MetricsLog", "TensorBoardLog", "format_duration", "PLAIN_EVERY_S"]
 
 PLAIN_EVERY_S = 30.0  # the longest a run off a terminal stays silent between progress lines
@@ -138,11 +140,7 @@ class MetricsLog:
                 else:
                     dropped += 1
         if dropped:
-            folder, name = os.path.split(self.path)
-            tmp = os.path.join(folder, f".{name}.tmp{os.getpid()}")  # cleared by remove_temp_files if killed
-            with open(tmp, "w") as f:
-                f.writelines(kept)
-            os.replace(tmp, self.path)
+            write_text_atomic(self.path, "".join(kept))
         return dropped
 
 

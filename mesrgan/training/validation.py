@@ -6,6 +6,7 @@ import os
 import torch
 
 from ..data import imresize, quantize
+from ..imageio import write_image
 
 __all__ = ["validate", "save_sample"]
 
@@ -44,7 +45,6 @@ def validate(net, val_set, scale: int, device, channels_last: bool = False, auto
 
 def save_sample(sample, path: str) -> None:
     """bicubic | SR | HR of a centre crop (at most 192 pixels), side by side, as a PNG."""
-    from PIL import Image
     bic, sr, hr = sample
     h, w = hr.shape[-2:]
     c = min(192, h, w)
@@ -54,4 +54,4 @@ def save_sample(sample, path: str) -> None:
     row = torch.cat([tiles[0], gap, tiles[1], gap, tiles[2]], dim=-1)
     a = row[0].clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(a).save(path)
+    write_image(path, a)
