@@ -367,3 +367,25 @@ def test_model_report_sizes_are_range_checked(capsys):
     with pytest.raises(SystemExit) as e:
         models_main(["--report", "--sizes", "0"])
     assert e.value.code == 2 and "--sizes: expected a whole number from 1 to 4096, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module, argv", [
+    ("mesrgan.training.config", ["--lr", "5"]),  # once --lr-gamma 5, silently
+    ("mesrgan.upscale", ["a.png", "-o", "o", "--weights", "w.pt", "--qual", "5"]),
+    ("mesrgan.evaluate", ["--weights", "w.pt", "--save", "d"]),
+    ("mesrgan.export", ["--weights", "w.pt", "-o", "m.onnx", "--op", "18"]),
+])
+def test_no_program_accepts_abbreviated_flags(module, argv, capsys):
+    import importlib
+    with pytest.raises(SystemExit) as e:
+        importlib.import_module(module).build_parser().parse_args(argv)
+    assert e.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", ["mesrgan.demo", "benchmarks.report", "benchmarks.quality",
+                                    "benchmarks.profile_models", "benchmarks.peak_memory", "mesrgan.models.__main__"])
+def test_every_other_parser_refuses_abbreviations(module):
+    import importlib
+    import inspect
+    source = inspect.getsource(importlib.import_module(module))
+    assert source.count("ArgumentParser(") == source.count("ArgumentParser(allow_abbrev=False")
