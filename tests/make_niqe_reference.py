@@ -4,23 +4,28 @@ The reference is BasicSR 1.4.2's NIQE (PyPI sdist), run in a separate virtual en
 does not have mesrgan installed. Only BasicSR's metric files are loaded (its package ``__init__``
 pulls in training code and torchvision that the metric does not need).
 
-Precision: BasicSR's ``calculate_niqe`` casts the image to float32, and its ``imresize`` works in
-float32, where the authors' MATLAB code works in double. On photographs that moves NIQE by up to
-~0.07 (the AGGD shapes are found on a 0.001 grid, and float32 local variances shift some of
-them), more than the 1e-3 the tests ask for. Its luma is also rounded half to even, in float32,
-where MATLAB rounds half away from zero: bicubic images have pixels whose Y is exactly x.5
-(R, G, B = 231, 209, 182 gives 198.5), and one such pixel moved NIQE by 0.003 in a 384x384 crop.
-So the reference runs BasicSR's NIQE, ``niqe()``, in float64, with ``.float()`` and
-``torch.FloatTensor`` in its ``matlab_functions.py`` read as their float64 counterparts, on the
-one channel that MATLAB's ``niqe`` is given: the luma of ``rgb2ycbcr`` (or ``rgb2gray``) of the
-uint8 image, computed here from MATLAB's coefficients and rounded half away from zero (see
-:func:`matlab_luma`).
+Precision and MATLAB's steps: BasicSR's ``calculate_niqe`` casts the image to float32, and its
+``imresize`` works in float32, where the authors' MATLAB code works in double. Its luma is also
+rounded half to even, in float32, where MATLAB rounds half away from zero: bicubic images have
+pixels whose Y is exactly x.5 (R, G, B = 231, 209, 182 gives 198.5). So the reference runs
+BasicSR's NIQE, ``niqe()``, in float64, with ``.float()`` and ``torch.FloatTensor`` in its
+``matlab_functions.py`` read as their float64 counterparts, on the one channel that MATLAB's
+``niqe`` is given: the luma of ``rgb2ycbcr`` (or ``rgb2gray``) of the uint8 image, computed here
+from MATLAB's coefficients and rounded half away from zero (see :func:`matlab_luma`).
+
+One line is inserted into BasicSR's ``niqe()`` for that run (:func:`constant_neighbourhoods`): a
+pixel whose 7x7 neighbourhood is one value gets the MSCN coefficient exactly 0. In float64 the
+local mean there is off by ~1e-14 (the window's weights do not sum to exactly 1), and the sign of
+that residue counts the pixel on one side of the AGGD fits: on the Set14 image baboon this alone
+moved NIQE from MATLAB R2021a's 5.72957338 to 5.7299602 (13 flat pixels). With the exact 0 the
+float64 run gives 5.7295739 there. BasicSR's float32 run as shipped gets the exact 0 by accident
+(its float32 local mean rounds to the pixel's value) and lands at 5.7295726.
 BasicSR's ``calculate_niqe`` as shipped, given BGR, is printed beside each value as a comment.
 
 Exact commands (run from the repository root):
 
     python3.11 -m venv /work/refvenv
-    /work/refvenv/bin/pip install numpy==2.4.6 scipy==1.17.1 opencv-python-headless==5.0.0.93 torch==2.14.1
+    /work/refvenv/bin/pip install numpy==2.4.6 scipy==1.17.1 opencv-python-headless==5.1.0.95 torch==2.14.1
     /work/refvenv/bin/pip download basicsr==1.4.2 --no-deps -d /tmp/bsr && tar xzf /tmp/bsr/basicsr-1.4.2.tar.gz -C /tmp/bsr
     /work/refvenv/bin/python tests/make_niqe_reference.py --basicsr /tmp/bsr/basicsr-1.4.2 \\
         --images "$(python -c 'from mesrgan.data.bundled import bundled_data_dir; print(bundled_data_dir())')"
@@ -128,7 +133,26 @@ def load_basicsr(root, float64):
     _load("basicsr.utils.matlab_functions", os.path.join(pkg, "utils", "matlab_functions.py"), to64)
     _load("basicsr.utils.registry", os.path.join(pkg, "utils", "registry.py"))
     _load("basicsr.metrics.metric_util", os.path.join(pkg, "metrics", "metric_util.py"))
-    return _load("basicsr.metrics.niqe", os.path.join(pkg, "metrics", "niqe.py"))
+    if not float64:
+        return _load("basicsr.metrics.niqe", os.path.join(pkg, "metrics", "niqe.py"))
+    flat_zero = (("img_nomalized = (img - mu) / (sigma + 1)",
+                  "img_nomalized = (img - mu) / (sigma + 1)\n"
+                  "        img_nomalized[_constant_neighbourhoods(img)] = 0  # inserted: MATLAB's exact 0"),)
+    module = _load("basicsr.metrics.niqe", os.path.join(pkg, "metrics", "niqe.py"), flat_zero)
+    module._constant_neighbourhoods = constant_neighbourhoods
+    return module
+
+
+def constant_neighbourhoods(img, size=7):
+    """Mask of the pixels whose ``size`` x ``size`` neighbourhood (edges replicated) is one value.
+
+    MATLAB's MSCN coefficient there is exactly 0. Computed in float64, ``img - mu`` is a residue of
+    ~1e-14 instead (the 49 window weights do not sum to exactly 1), and its sign counts the pixel
+    on one side of the AGGD fits.
+    """
+    from scipy.ndimage import maximum_filter, minimum_filter
+
+    return maximum_filter(img, size, mode="nearest") == minimum_filter(img, size, mode="nearest")
 
 
 def niqe_float64(bsr, luma, crop_border):

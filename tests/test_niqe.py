@@ -1,4 +1,5 @@
-"""NIQE against an independent implementation (BasicSR 1.4.2's calculate_niqe) and its error cases."""
+"""NIQE against MATLAB's value on baboon, against an independent implementation (BasicSR 1.4.2's
+NIQE, adapted as tests/make_niqe_reference.py says) on bundled photographs, and its error cases."""
 import hashlib
 import importlib.util
 import math
@@ -13,39 +14,41 @@ from mesrgan.data.bundled import bundled_data_dir
 from mesrgan.data.datasets import load_image
 from mesrgan.data.resize import imresize
 from mesrgan.metrics import niqe
-from mesrgan.niqe import NIQE_BLOCK, niqe_features
+from mesrgan.niqe import NIQE_BLOCK, _mscn, load_pristine_model, niqe_features
 
-# Made by tests/make_niqe_reference.py: BasicSR 1.4.2's NIQE run in float64 (as MATLAB's double),
-# in a separate venv (numpy 2.4.6, scipy 1.17.1, opencv-python-headless 5.0.0.93, torch 2.14.1);
-# the exact commands are in that file's docstring, the last one being
-#   /work/refvenv/bin/python tests/make_niqe_reference.py --basicsr /tmp/bsr/basicsr-1.4.2 \
+# Made by tests/make_niqe_reference.py: BasicSR 1.4.2's NIQE run in float64 (as MATLAB's double), with
+# one line inserted that gives a pixel with a constant 7x7 neighbourhood the MSCN coefficient 0, as
+# MATLAB's result shows (see that file's docstring). This run: numpy 2.4.6, torch 2.14.1 of the
+# project venv, scipy 1.17.1 and opencv-python-headless 5.1.0.95 put on PYTHONPATH from a
+# `pip install --target` folder (the script loads no mesrgan module, only the file
+# mesrgan/data/resize.py for the bicubic inputs), BasicSR's sdist from `pip download`:
+#   PYTHONPATH=<target> python tests/make_niqe_reference.py --basicsr <sdist>/basicsr-1.4.2 \
 #       --images "$(python -c 'from mesrgan.data.bundled import bundled_data_dir; print(bundled_data_dir())')"
-# Measured agreement ~1e-12. BasicSR's calculate_niqe as shipped computes in float32 and differs from
-# both by up to 0.07 (the comments; see that file's docstring for why).
+# Measured agreement ~1e-12 on every case. BasicSR's calculate_niqe as shipped (float32; the
+# comments) differs from both by up to 0.003 on these images.
 REFERENCE = {
-    'astronaut_288x384': 4.111428317383966,  # calculate_niqe as shipped (float32): 4.130708
-    'coffee_full': 4.115331588269326,  # calculate_niqe as shipped (float32): 4.115242
-    'chelsea_full': 2.6255266796678725,  # calculate_niqe as shipped (float32): 2.625536
-    'chelsea_full_gray': 2.572084043014825,  # calculate_niqe as shipped (float32): 2.572088
-    'chelsea_full_border4': 2.689313015595032,  # calculate_niqe as shipped (float32): 2.689315
-    'motorcycle_200x300': 5.315789409951918,  # calculate_niqe as shipped (float32): 5.315974
-    'astronaut_hr_384': 3.222434917376877,  # calculate_niqe as shipped (float32): 3.211381
-    'astronaut_bicubic_x4_384': 7.526847467288968,  # calculate_niqe as shipped (float32): 7.458088
-    'astronaut_hr_288x384': 3.0989509248844485,  # calculate_niqe as shipped (float32): 3.050897
-    'astronaut_bicubic_x4_288x384': 7.540857233082345,  # calculate_niqe as shipped (float32): 7.511344
-    'chelsea_hr_288x384': 2.562935774970742,  # calculate_niqe as shipped (float32): 2.562940
-    'chelsea_bicubic_x4_288x384': 7.8844956697708035,  # calculate_niqe as shipped (float32): 7.883957
-    'coffee_hr_288x384': 5.7155825677600225,  # calculate_niqe as shipped (float32): 5.715253
-    'coffee_bicubic_x4_288x384': 7.677538433553227,  # calculate_niqe as shipped (float32): 7.687802
+    'astronaut_288x384': 4.130756471383883,  # calculate_niqe as shipped (float32): 4.130732
+    'coffee_full': 4.115246737818802,  # calculate_niqe as shipped (float32): 4.115242
+    'chelsea_full': 2.625526679667967,  # calculate_niqe as shipped (float32): 2.625524
+    'chelsea_full_gray': 2.5720840430148244,  # calculate_niqe as shipped (float32): 2.572083
+    'chelsea_full_border4': 2.6893130155950464,  # calculate_niqe as shipped (float32): 2.689313
+    'motorcycle_200x300': 5.315789409951974,  # calculate_niqe as shipped (float32): 5.315967
+    'astronaut_hr_384': 3.213513824960076,  # calculate_niqe as shipped (float32): 3.211340
+    'astronaut_bicubic_x4_384': 7.456284597913168,  # calculate_niqe as shipped (float32): 7.459403
+    'astronaut_hr_288x384': 3.0526166680864697,  # calculate_niqe as shipped (float32): 3.051831
+    'astronaut_bicubic_x4_288x384': 7.510799169781422,  # calculate_niqe as shipped (float32): 7.509801
+    'chelsea_hr_288x384': 2.5629357749708825,  # calculate_niqe as shipped (float32): 2.562938
+    'chelsea_bicubic_x4_288x384': 7.8844342380844745,  # calculate_niqe as shipped (float32): 7.883959
+    'coffee_hr_288x384': 5.715254159218189,  # calculate_niqe as shipped (float32): 5.715234
+    'coffee_bicubic_x4_288x384': 7.688223741410904,  # calculate_niqe as shipped (float32): 7.687869
 }
 
 TOL = 1e-3
-# NIQE is not continuous: each AGGD shape is an argmin on the grid 0.2:0.001:10. In this image one
-# block's moment ratio lies almost exactly between two grid points, and the ~1e-11 difference
-# between our MSCN coefficients and BasicSR's (the summation order of the 7x7 filter) picks the
-# neighbouring point for one of its 36 features (0.635 against 0.634). NIQE moves by 0.003. Every
-# other feature of every case agrees; so does every other case, to ~1e-12.
-KNIFE_EDGE = {"astronaut_bicubic_x4_384": 0.005}
+
+# MATLAB R2021a's NIQE (the authors' niqe_release, border 0, Y channel of rgb2ycbcr) on the Set14
+# image baboon, as quoted by BasicSR 1.4.2 (calculate_niqe's docstring); see tests/data/niqe/README.md.
+MATLAB_BABOON = 5.72957338
+BABOON = os.path.join(os.path.dirname(__file__), "data", "niqe", "baboon.png")
 
 _spec = importlib.util.spec_from_file_location(
     "make_niqe_reference", os.path.join(os.path.dirname(__file__), "make_niqe_reference.py"))
@@ -75,7 +78,30 @@ def test_agrees_with_basicsr(name):
     _, _, _, convert, border = ref.CASES[name]
     value = niqe(_case(name), crop_border=border, convert=convert)
     assert isinstance(value, float)
-    assert abs(value - REFERENCE[name]) < KNIFE_EDGE.get(name, TOL), (name, value, REFERENCE[name])
+    assert abs(value - REFERENCE[name]) < TOL, (name, value, REFERENCE[name])
+
+
+def test_baboon_equals_matlab():
+    # Measured: 5.7295738841, 5.0e-7 from MATLAB. Without the exact 0 on constant neighbourhoods
+    # (13 pixels of one flat patch, level 98) it was 5.7299602, 3.9e-4 away.
+    value = niqe(load_image(BABOON))
+    assert abs(value - MATLAB_BABOON) < 1e-5, value
+
+
+def test_constant_neighbourhoods_have_mscn_zero():
+    # A textured image with a constant 24x24 patch: every pixel whose 7x7 neighbourhood lies in the
+    # patch has the coefficient exactly 0, at both scales (at the half scale the patch becomes an
+    # exactly constant region); no other pixel has.
+    _, _, window = load_pristine_model()
+    img = torch.from_numpy(_noise(96, 192, c=0).astype(np.float64))
+    img[40:64, 80:104] = 98
+    full = _mscn(img, window)
+    inner = torch.zeros_like(img, dtype=torch.bool)
+    inner[43:61, 83:101] = True
+    assert (full[inner] == 0).all() and (full[~inner] != 0).all()
+    half = imresize(img[None, None], 0.5)[0, 0]
+    assert (half[22:30, 42:50] == 98).all()
+    assert (_mscn(half, window)[25:27, 45:47] == 0).all()
 
 
 def test_bicubic_down_up_scores_worse_than_its_hr():
