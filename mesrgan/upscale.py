@@ -24,11 +24,12 @@ import time
 
 import torch
 
-from .cli import check_dir, check_file, int_range, prepare_dir, prepare_file, run_program
+from .cli import (check_dir, check_file, check_finite_weights, int_range, output_stems, prepare_dir, prepare_file,
+                  run_program)
 from .imageio import (DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, ImageReadError, is_image_file, read_image_samples,
                       write_image)
 from .inference import upscale_tensor  # noqa: F401  (re-exported: mesrgan.upscale.upscale_tensor)
-from .inference import UsageError, load_checkpoint, upscale_pixels
+from .inference import DEFAULT_MAX_MEMORY, UsageError, load_checkpoint, tile_for_budget, upscale_pixels
 
 __all__ = ["main", "upscale_tensor", "upscale_pixels"]
 
@@ -38,12 +39,15 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
+    p = argparse.ArgumentParser(allow_abbrev=False,
         prog="python -m mesrgan.upscale",
         description="Upscale images (files or folders) with a SRGAN / ESRGAN / MESRGAN generator.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders of images")
     p.add_argument("-o", "--output", required=True,
-                   help="output folder (created if needed), or an output file name for a single input file")
+                   help="output folder (created if needed), or an output file name for a single input file. "
+                        "Outputs are named <stem>_x<scale>.<ext>; inputs that share a stem get longer names "
+                        "(a_jpg_x4.png, a_png_x4.png). An existing output of the same name is replaced, whole "
+                        "(written to a temporary file, then renamed), and the progress line says so")
     p.add_argument("--weights", required=True, metavar="CKPT",
                    help="generator checkpoint: ours (last.pt, best.pt, generator .pt), a bare state dict, "
                         "or published ESRGAN RRDBNet weights")
@@ -51,8 +55,19 @@ def build_parser():
                    "(srgan, esrgan, mesrgan, esrgan-paper, mesrgan-paper)")
     p.add_argument("--scale", type=int, choices=(1, 2, 4), default=None,
                    help="expected upscaling factor; an error if the checkpoint's differs (default: the checkpoint's)")
-    p.add_argument("--tile", type=int_range(1, zero_ok=True), default=256,
-                   help="tile size in input pixels; 0 processes each image whole (default 256)")
+    p.add_argument("--tile", type=int_range(1, zero_ok=True), default=None,
+                   help="tile size in input pixels; 0 processes each image whole (default: the largest tile "
+                        "that keeps the image within --max-memory)")
+    p.add_argument("--max-memory", type=int_range(100), default=DEFAULT_MAX_MEMORY // 10**6, metavar="MB",
+                   help="memory budget of one image in MB, beyond what torch and the model take before it: "
+                        "the input's samples, the result (1 byte per sample, 2 for 16-bit; a 9600x6400 RGB "
+                        "output is 184 MB), the writer's copy (4 bytes per output pixel) and one tile's "
+                        "activations, estimated per model from a traced probe (ESRGAN's RRDBNet x4: about "
+                        "1.3 x 16 KB per padded input pixel + 64 MB). The default tile is the largest that fits "
+                        "(at least 32); an image whose result alone exceeds the budget runs in 32-pixel tiles "
+                        "and goes over it by that much. This is an estimate that picks the tile, not yet a "
+                        "bound: glibc keeps freed tile buffers, and a whole run was measured at up to 2x the "
+                        f"budget. Ignored when --tile is given (default {DEFAULT_MAX_MEMORY // 10**6})")
     p.add_argument("--tile-pad", type=int_range(0, 1024), default=16,
                    help="context pixels around each tile, cropped after upscaling, 0..1024 (default 16)")
     prec = p.add_mutually_exclusive_group()
@@ -111,10 +126,9 @@ def _collect_inputs(inputs):
     return found
 
 
-def _output_path(src, fmt, bit_depth, channels, args, scale, single_file_output):
+def _output_path(src, stem, fmt, bit_depth, channels, args, scale, single_file_output):
     if single_file_output:
         return args.output
-    stem = os.path.splitext(os.path.basename(src))[0]
     suffix = f"_x{scale}" if args.suffix is None else args.suffix
     if args.out_format != "auto":
         ext = "." + args.out_format
@@ -147,12 +161,13 @@ def _check_output(args, jobs):
     return single_file_output
 
 
-def _upscale_one(src, generator, args, scale, single_file_output, produced, progress):
-    """Read, upscale and write one image; returns ``(dst, (w, h), (W, H))``."""
+def _upscale_one(src, stem, generator, args, scale, single_file_output, produced, progress):
+    """Read, upscale and write one image (replacing an earlier file of that name whole: see
+    :func:`mesrgan.imageio.write_image`); returns ``(dst, (w, h), (W, H), replaced)``."""
     # the stored samples, not float pixels: a float copy of a big input is 4x its 8-bit size
     samples, in_depth, fmt = read_image_samples(src, max_pixels=args.max_pixels)
     h, w, channels = samples.shape
-    dst = _output_path(src, fmt, in_depth, channels, args, scale, single_file_output)
+    dst = _output_path(src, stem, fmt, in_depth, channels, args, scale, single_file_output)
     if os.path.abspath(dst) == os.path.abspath(src):
         raise ValueError(f"output {dst} would overwrite its input; choose another -o or --suffix")
     if os.path.abspath(dst) in produced:
@@ -161,15 +176,21 @@ def _upscale_one(src, generator, args, scale, single_file_output, produced, prog
     # 16 bits only where the writer can store them (PNG); other formats get 8
     bit_depth = in_depth if dst.lower().endswith(".png") else 8
     try:
-        sr = upscale_pixels(generator, samples, tile=args.tile, tile_pad=args.tile_pad, progress=progress,
+        tile = args.tile
+        if tile is None:  # the largest that keeps this image within --max-memory
+            tile = tile_for_budget(generator, args.max_memory * 10**6, image_shape=samples.shape,
+                                   scale=scale or 4, tile_pad=args.tile_pad, bit_depth=bit_depth,
+                                   input_bytes=samples.itemsize)
+        sr = upscale_pixels(generator, samples, tile=tile, tile_pad=args.tile_pad, progress=progress,
                             bit_depth=bit_depth)
     except torch.OutOfMemoryError as e:
-        raise RuntimeError(f"out of memory on {_device_of(generator)}; try a smaller --tile "
-                           f"(now {args.tile})") from e
+        raise RuntimeError(f"out of memory on {_device_of(generator)}; try a smaller --tile or --max-memory "
+                           f"(now tile {tile})") from e
     del samples
+    replaced = os.path.exists(dst)
     write_image(dst, sr, bit_depth=bit_depth, quality=args.quality)
     produced[os.path.abspath(dst)] = src
-    return dst, (w, h), (sr.shape[1], sr.shape[0])
+    return dst, (w, h), (sr.shape[1], sr.shape[0]), replaced
 
 
 def _device_of(generator):
@@ -184,13 +205,21 @@ def run(args):
     jobs = _collect_inputs(args.inputs)
     single_file_output = _check_output(args, jobs)
     generator, info, _ = load_checkpoint(args.weights, args.model, device, args.scale)
+    check_finite_weights(generator, "--weights", args.weights)
     generator = generator.to(dtype=dtype)
     (prepare_file if single_file_output else prepare_dir)(args.output, "-o")
     scale = info["config"].get("scale", args.scale)
     _log(args, f"model: {info['model']} x{scale} from {args.weights} on {device} ({str(dtype).replace('torch.', '')})"
-               f", tile {args.tile or 'off'}, tile pad {args.tile_pad}")
+               f", tile {'off' if args.tile == 0 else args.tile or f'auto (--max-memory {args.max_memory} MB)'}"
+               f", tile pad {args.tile_pad}")
+    if args.tile is not None and 0 < args.tile < 32:
+        calls = ((512 + args.tile - 1) // args.tile) ** 2
+        _log(args, f"warning: --tile {args.tile} runs the network once per {args.tile}x{args.tile} tile, each with "
+                   f"{args.tile_pad} pixels of context around it: slow ({calls:,} calls for a 512x512 image); "
+                   "0 (whole images) or 128 and up is usual")
     interactive = sys.stderr.isatty() and not args.quiet
     failures, written, produced = [], [], {}
+    stems = output_stems([src for src, error in jobs if not error])
     n = len(jobs)
     for i, (src, error) in enumerate(jobs, 1):
         t0 = time.perf_counter()
@@ -202,12 +231,13 @@ def run(args):
         try:
             if error:
                 raise ImageReadError(f"{src}: {error}")
-            dst, (w, h), (sw, sh) = _upscale_one(src, generator, args, scale, single_file_output, produced,
-                                                 progress)
+            dst, (w, h), (sw, sh), replaced = _upscale_one(src, stems.get(src), generator, args, scale,
+                                                           single_file_output, produced, progress)
             if interactive:
                 print("\r\033[K", end="", file=sys.stderr)  # clear the tile counter
             written.append(dst)
-            _log(args, f"[{i}/{n}] {src} -> {dst} ({w}x{h} -> {sw}x{sh}, {time.perf_counter() - t0:.1f} s)")
+            _log(args, f"[{i}/{n}] {src} -> {dst} ({w}x{h} -> {sw}x{sh}, {time.perf_counter() - t0:.1f} s"
+                       + (", replaced the earlier file)" if replaced else ")"))
         except (ImageReadError, ValueError, RuntimeError, OSError, MemoryError) as e:
             if interactive:
                 print("\r\033[K", end="", file=sys.stderr)

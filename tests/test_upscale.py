@@ -432,10 +432,10 @@ def test_cli_output_name_conflicts(tmp_path, ckpt, capsys):
     # a file name as -o needs exactly one input
     assert main([str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "x.png"), "--weights", weights]) == 2
     assert "a file name needs exactly one input file" in capsys.readouterr().err
-    # two inputs with one name: the first is written, the second is reported instead of overwriting it
-    assert main([str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "o"), "--weights", weights]) == 1
-    err = capsys.readouterr().err
-    assert "was already written for" in err and "upscaled 1 of 2 images" in err
+    # two inputs with one name: each gets its own output, named after its folder; neither overwrites the other
+    assert main([str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "o"), "--weights", weights]) == 0
+    assert "upscaled 2 of 2 images" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path / "o")) == ["a_same_png_x4.png", "b_same_png_x4.png"]
     # never overwrite an input
     assert main([str(tmp_path / "a" / "same.png"), "-o", str(tmp_path / "a"), "--suffix", "", "--weights",
                  weights]) == 1
