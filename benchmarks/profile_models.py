@@ -14,11 +14,14 @@ Prints a Markdown table (ms per call and share of the total) and writes a stacke
 """
 import argparse
 import json
+import os
 import time
 from collections import defaultdict
 
 import torch
 import torch.nn.functional as F
+
+from mesrgan.atomic import atomic_path, write_text_atomic
 
 KINDS = ("1x1 conv", "3x3 conv", "depthwise", "fused block", "activation", "concat", "other")
 MODELS = {  # key -> (preset, overrides)
@@ -171,7 +174,8 @@ def plot(rows, path):
         ax.tick_params(axis="x", labelrotation=15)
     axes[1].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format=os.path.splitext(path)[1][1:] or "png")
 
 
 def main(argv=None):
@@ -193,8 +197,7 @@ def main(argv=None):
     rows = run(models, args.impl, args.lr, args.batch, args.train_batch)
     print(markdown(rows))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+        write_text_atomic(args.json, json.dumps(rows, indent=1))
     if args.plot:
         plot(rows, args.plot)
 

@@ -38,6 +38,8 @@ import time
 import numpy as np
 import torch
 
+from mesrgan.atomic import atomic_path, write_text_atomic
+
 #: (column name, preset, generator options)
 MODELS = (
     ("srgan", "srgan", {}),
@@ -225,7 +227,8 @@ def plot_curves(results, names, path):
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle("Stage 1, held-out photographs (centre crops), x4")
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format=os.path.splitext(path)[1][1:] or "png")
     plt.close(fig)
 
 
@@ -250,7 +253,8 @@ def plot_fig2(hr, crops, path, box):
         ax.set_xlabel(text, fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format=os.path.splitext(path)[1][1:] or "png")
     plt.close(fig)
 
 
@@ -308,8 +312,7 @@ def write_section(path, section):
         text = head + section + rest.split(_END, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
-    with open(path, "w") as f:
-        f.write(text)
+    write_text_atomic(path, text)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,9 +366,9 @@ def main(argv=None):
     box = ((hr.shape[0] - side) // 2, (hr.shape[1] - side) // 2, side)
     plot_fig2(hr, crops, os.path.join(args.figures, "quality-fig2.png"), box)
     wall = time.perf_counter() - t0
-    with open(os.path.join(args.out, "quality.json"), "w") as f:
-        json.dump({"args": vars(args), "stages": stages, "wall_seconds": wall, "results": results}, f, indent=1,
-                  default=lambda o: None)
+    write_text_atomic(os.path.join(args.out, "quality.json"),
+                      json.dumps({"args": vars(args), "stages": stages, "wall_seconds": wall, "results": results},
+                                 indent=1, default=lambda o: None))
     write_section(args.results, section_markdown(results, names, args, stages, wall, images, argv))
     print(table_markdown(results, names))
     print(f"wall time {wall / 60:.1f} min; wrote {args.results}, {args.figures}/quality-*.png", flush=True)

@@ -20,6 +20,8 @@ import re
 import sys
 from collections import defaultdict
 
+from mesrgan.atomic import atomic_path, write_text_atomic
+
 # The paper's Table I: forward ms on a GTX 1070 Ti, LR 128x128, fp32, no_grad, mean of 100 runs.
 PAPER_TABLE1 = {
     "srgan": {1: 26, 2: 50, 4: 134, 8: 279, 16: 561},
@@ -242,7 +244,8 @@ def plot_table1(benches, path, title):
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format=os.path.splitext(path)[1][1:] or "png")
     plt.close(fig)
     return path
 
@@ -411,8 +414,7 @@ def main(argv=None):
     text = render_section(section, benches, doc, plot_rel)
     existing = open(args.out).read() if os.path.exists(args.out) else ""
     os.makedirs(out_dir, exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(merge_section(existing, section, text))
+    write_text_atomic(args.out, merge_section(existing, section, text))
     print(f"report: wrote section '{section}' of {args.out} ({len(benches)} benchmarks)")
     if args.print:
         print(text)
