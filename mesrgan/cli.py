@@ -21,7 +21,7 @@ from .atomic import write_text_atomic  # noqa: F401  (re-exported for the progra
 from .inference import UsageError
 
 __all__ = ["int_range", "float_range", "check_dir", "check_file", "prepare_dir", "prepare_file", "write_text_atomic",
-           "output_stems", "check_finite_weights", "run_program", "Stopped"]
+           "output_stems", "check_finite_weights", "run_program", "Stopped", "DTYPES", "DTYPE_HELP", "resolve_dtype"]
 
 
 def int_range(lo: int, hi: int | None = None, *, zero_ok: bool = False):
@@ -130,6 +130,23 @@ def prepare_file(path: str, flag: str) -> str:
     except UsageError as e:
         raise UsageError(f"{flag} {path}: {str(e)[len(flag) + 1:]}") from None
     return path
+
+
+#: inference precisions of upscale / evaluate (``--dtype``), and what each does where
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_HELP = ("inference precision: float32 (default), bfloat16 (CPU and CUDA: the model and each tile in "
+              "bfloat16; fast on CPUs with AVX512_BF16 or AMX and on GPUs, within bfloat16's rounding of "
+              "float32, about 3 significant digits), float16 (CUDA only)")
+
+
+def resolve_dtype(name: str | None, device: torch.device, flag: str = "--dtype") -> torch.dtype:
+    """``--dtype NAME`` on ``device``: float16 needs CUDA (PyTorch's CPU float16 convolutions are slow
+    and not what users run); bfloat16 runs on both."""
+    dtype = DTYPES[name or "float32"]
+    if dtype == torch.float16 and device.type != "cuda":
+        raise UsageError(f"{flag}: float16 inference is CUDA-only; on {device.type} use --dtype bfloat16 "
+                         "(fast on CPUs with AVX512_BF16 or AMX) or float32")
+    return dtype
 
 
 def output_stems(paths) -> dict:

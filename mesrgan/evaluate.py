@@ -39,8 +39,8 @@ import time
 import numpy as np
 import torch
 
-from .cli import (check_dir, check_file, check_finite_weights, int_range, output_stems, prepare_dir, prepare_file,
-                  run_program, write_text_atomic)
+from .cli import (DTYPE_HELP, DTYPES, check_dir, check_file, check_finite_weights, int_range, output_stems,
+                  prepare_dir, prepare_file, resolve_dtype, run_program, write_text_atomic)
 from .imageio import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, ImageReadError, is_image_file, read_image, write_image
 from .inference import UsageError, load_checkpoint, upscale_tensor
 from .metrics import niqe, psnr, rmse, ssim
@@ -84,6 +84,8 @@ def build_parser():
                    help="standard (default): Y of BT.601, crop = scale, 11x11 Gaussian SSIM, as SR papers report; "
                         "paper: the MESRGAN paper's Table II code: RGB, no crop, whole-image SSIM")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (CUDA when available; default)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                   help=DTYPE_HELP + ". The metrics are always computed in float64 on the 8-bit images")
     p.add_argument("--tile", type=int_range(1, zero_ok=True), default=0,
                    help="run the model in tiles of this many LR pixels (default 0: whole images, exact)")
     p.add_argument("--tile-pad", type=int_range(0, 1024), default=32,
@@ -297,6 +299,7 @@ def run(args):
     device = _resolve_device(args.device)
     generator, info, scale = load_checkpoint(args.weights, args.model, device, args.scale)
     check_finite_weights(generator, "--weights", args.weights)
+    generator = generator.to(dtype=resolve_dtype(args.dtype, device))
     stems = {}  # image name -> file stem, where they differ (same-stem files get longer, distinct names)
     if args.data is not None:
         paths = _list_images(args.data, "--data")
@@ -324,7 +327,8 @@ def run(args):
         if not args.quiet:
             print(msg, file=sys.stderr, flush=True)
 
-    log(f"model: {info['model']} x{scale} from {args.weights} on {device}; {len(images)} images from {source}")
+    log(f"model: {info['model']} x{scale} from {args.weights} on {device} ({args.dtype}); {len(images)} images "
+        f"from {source}")
     ma_score, ma_missing = ma_scorer(device)
     rows, failures = evaluate_images(generator, images, scale=scale, lr_images=lr_images, convention=args.metrics,
                                      tile=args.tile, tile_pad=args.tile_pad, save_dir=args.save_dir, log=log,

@@ -24,8 +24,8 @@ import time
 
 import torch
 
-from .cli import (check_dir, check_file, check_finite_weights, int_range, output_stems, prepare_dir, prepare_file,
-                  run_program)
+from .cli import (DTYPE_HELP, DTYPES, check_dir, check_file, check_finite_weights, int_range, output_stems,
+                  prepare_dir, prepare_file, resolve_dtype, run_program)
 from .imageio import (DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, ImageReadError, is_image_file, read_image_samples,
                       write_image)
 from .inference import upscale_tensor  # noqa: F401  (re-exported: mesrgan.upscale.upscale_tensor)
@@ -35,7 +35,6 @@ __all__ = ["main", "upscale_tensor", "upscale_pixels"]
 
 # formats written as they were read; anything else (GIF, TGA, ...) is written as PNG
 _KEEP_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif", "PPM": ".ppm"}
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def build_parser():
@@ -72,8 +71,7 @@ def build_parser():
                    help="context pixels around each tile, cropped after upscaling, 0..1024 (default 16)")
     prec = p.add_mutually_exclusive_group()
     prec.add_argument("--half", action="store_true", help="float16 inference (CUDA only); same as --dtype float16")
-    prec.add_argument("--dtype", choices=sorted(_DTYPES), default=None,
-                      help="inference precision (default float32); float16/bfloat16 need CUDA")
+    prec.add_argument("--dtype", choices=sorted(DTYPES), default=None, help=DTYPE_HELP)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (CUDA when available; default)")
     p.add_argument("--suffix", default=None,
                    help="added to each output file name before the extension (default _x<scale>; '' for none)")
@@ -102,13 +100,9 @@ def _resolve_device(name):
 
 
 def _resolve_dtype(args, device):
-    dtype = torch.float16 if args.half else _DTYPES[args.dtype or "float32"]
-    if dtype != torch.float32 and device.type != "cuda":
-        flag = "--half" if args.half else f"--dtype {args.dtype}"
-        raise UsageError(f"{flag}: half precision (float16 / bfloat16) inference is CUDA-only; on {device.type} "
-                         "run in float32 (leave out the option), or pass --device cuda on a machine with an "
-                         "NVIDIA GPU")
-    return dtype
+    if args.half:
+        return resolve_dtype("float16", device, flag="--half")
+    return resolve_dtype(args.dtype, device, flag=f"--dtype {args.dtype}")
 
 
 def _collect_inputs(inputs):

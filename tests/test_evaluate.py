@@ -286,3 +286,25 @@ def test_pi_from_an_ma_scorer():
     m = rows[0]["bicubic"]
     assert m["pi"] == pytest.approx(((10 - m["ma"]) + m["niqe"]) / 2)
     assert perceptual_index(4.0, 6.0) == 6.0
+
+
+def test_evaluate_in_bfloat16_on_cpu(tmp_path, capsys):
+    """--dtype bfloat16 on the CPU: the same table within bfloat16's rounding; float16 is CUDA-only."""
+    from mesrgan import evaluate as E
+    from mesrgan.models import build_generator, generator_checkpoint
+
+    torch.manual_seed(0)
+    options = {"features": 8, "growth": 4, "num_blocks": 1}
+    g = build_generator("esrgan", **options).eval()
+    weights = tmp_path / "g.pt"
+    torch.save(generator_checkpoint("esrgan", g, {"scale": 4, **options}), weights)
+    psnr = {}
+    for dtype in ("float32", "bfloat16"):
+        report = tmp_path / f"{dtype}.json"
+        assert E.main(["--weights", str(weights), "--device", "cpu", "--dtype", dtype, "--json", str(report),
+                       "-q"]) == 0
+        psnr[dtype] = json.loads(report.read_text())["mean"]["sr"]["psnr"]
+    assert abs(psnr["float32"] - psnr["bfloat16"]) < 0.05, psnr
+    capsys.readouterr()
+    assert E.main(["--weights", str(weights), "--device", "cpu", "--dtype", "float16"]) == 2
+    assert "float16 inference is CUDA-only" in capsys.readouterr().err

@@ -34,8 +34,8 @@ def pick_device(cfg: dict, local_rank: int | None) -> torch.device:
         elif dev.index is None:  # set_device and the checkpoints want an explicit index
             dev = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(dev)
-    if cfg["amp"] != "none" and dev.type != "cuda":
-        raise ConfigError(f"error: --amp {cfg['amp']} needs a CUDA device; this run is on {dev}")
+    if cfg["amp"] == "fp16" and dev.type != "cuda":
+        raise ConfigError(f"error: --amp fp16 needs a CUDA device; this run is on {dev} (--amp bf16 runs on CPUs too)")
     return dev
 
 

@@ -164,7 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, help=d("seed"))
     g.add_argument("--workers", type=int, help="DataLoader worker processes (default: min(4, CPUs), here "
                    f"{default_workers()})")
-    g.add_argument("--amp", choices=("none", "bf16", "fp16"), help="mixed precision on CUDA (default: none)")
+    g.add_argument("--amp", choices=("none", "bf16", "fp16"),
+                   help="mixed precision (torch.autocast; float32 weights and optimiser): bf16 on CPU or CUDA "
+                   "(fast on CPUs with AVX512_BF16 or AMX and on GPUs), fp16 on CUDA with loss scaling "
+                   "(default: none)")
     g.add_argument("--channels-last", action="store_true", dest="channels_last",
                    help="NHWC memory format for the networks")
     g.add_argument("--ema", type=float, metavar="DECAY",

@@ -24,10 +24,13 @@ class Steps:
         self.d_loss_fn, self.g_adv_fn = L.adversarial_losses(cfg["gan_type"])
 
     def autocast(self):
+        """``--amp``: autocast on the networks' device (bf16 on CPU or CUDA, fp16 on CUDA); the
+        parameters, the optimiser and the losses' reductions stay in float32."""
         amp = self.cfg["amp"]
         if amp == "none":
             return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+        device_type = next(self.nets.G.parameters()).device.type
+        return torch.autocast(device_type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
     def _backward(self, loss):
         if self.scaler is not None:
