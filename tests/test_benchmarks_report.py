@@ -1,5 +1,9 @@
-"""benchmarks/report.py: tables from pytest-benchmark JSON, one section per device in RESULTS.md."""
+"""benchmarks/report.py: tables from pytest-benchmark JSON, one section per machine in RESULTS.md."""
+import hashlib
 import json
+import os
+
+import pytest
 
 from benchmarks import report
 from benchmarks import test_goals as goals
@@ -21,7 +25,8 @@ def _doc(device):
             benches.append(_bench(t * batch, kind="model", device=device, pass_="fwd", model=model, impl=impl,
                                   lr=128, batch=batch, cudnn_benchmark="na", gmac_per_image=80.0,
                                   depthwise_gmac_per_image=3.0, params=4_000_000))
-    return {"machine_info": {"cpu": {"brand_raw": "Test CPU"}, "mesrgan_bench": {"torch": "9.9", "gpu": "Test GPU"}},
+    return {"machine_info": {"cpu": {"brand_raw": "Test CPU", "flags": ["avx2", "avx512f", "avx512_bf16"]},
+                             "mesrgan_bench": {"torch": "9.9", "gpu": "Test GPU", "cuda": "13.0"}},
             "commit_info": {"id": "0123456789abcdef", "dirty": False}, "datetime": "2026-01-01T00:00:00",
             "version": "5", "benchmarks": benches}
 
@@ -33,20 +38,72 @@ def test_report_writes_own_section_and_keeps_others(tmp_path):
         path.write_text(json.dumps(_doc(device)))
         report.main([str(path), "--out", str(out), "--no-plot"])
     text = out.read_text()
-    assert text.count(report.begin_marker("cpu")) == 1 and text.count(report.begin_marker("cuda")) == 1
-    assert "Test CPU" in text and "Test GPU" in text
+    cpu, cuda = "cpu-test-avx512", "cuda-test-gpu"  # one section per machine, named after it
+    assert text.count(report.begin_marker(cpu)) == 1 and text.count(report.begin_marker(cuda)) == 1
+    # Readable headings: the machine (CPU model and its bf16 features, or the GPU), commit, date.
+    assert "\n## Test (AVX-512, AVX512_BF16), commit 0123456, 2026-01-01\n" in text
+    assert "\n## Test GPU (CUDA 13.0), commit 0123456, 2026-01-01\n" in text
     assert "4.29×" in text  # mesrgan-paper speedup at batch 1: 0.15 / 0.035
     assert "4.00×" in text  # op ratio torch / mesrgan
     assert "155 / 33 / 26" not in text and "26 / 33 / 155" in text  # paper's Table I column, LR 128
 
-    # A second CPU run replaces the CPU section only.
+    # A later run on the same machine replaces that machine's section only.
     doc = _doc("cpu")
-    doc["machine_info"]["cpu"]["brand_raw"] = "Other CPU"
+    doc["datetime"] = "2026-02-02T00:00:00"
     (tmp_path / "cpu2.json").write_text(json.dumps(doc))
     report.main([str(tmp_path / "cpu2.json"), "--out", str(out), "--no-plot"])
     text = out.read_text()
-    assert "Other CPU" in text and "Test GPU" in text
-    assert text.count(report.begin_marker("cpu")) == 1
+    assert text.count(report.begin_marker(cpu)) == 1 and "commit 0123456, 2026-02-02" in text
+    assert "commit 0123456, 2026-01-01" in text  # the GPU's section, untouched
+
+    # Another machine gets a section of its own; bf16 features not recorded are said so.
+    doc = _doc("cpu")
+    doc["machine_info"]["cpu"] = {"brand_raw": "Other(R) Chip(TM) CPU @ 2.0GHz"}
+    (tmp_path / "cpu3.json").write_text(json.dumps(doc))
+    report.main([str(tmp_path / "cpu3.json"), "--out", str(out), "--no-plot"])
+    text = out.read_text()
+    assert text.count(report.begin_marker(cpu)) == 1 and text.count(report.begin_marker("cpu-other-chip")) == 1
+    assert "\n## Other Chip (bf16 features not recorded), commit 0123456, 2026-01-01\n" in text
+
+
+def test_section_names_and_features():
+    doc = _doc("cpu")
+    benches = doc["benchmarks"]
+    doc["machine_info"]["cpu"]["flags"] = ["avx2", "fma"]
+    assert report.section_name(benches, doc) == "cpu-test-avx2"
+    assert report.cpu_features(doc) == "AVX2, no bf16 instructions"
+    doc["machine_info"]["cpu"] = {"brand_raw": "Intel(R) Xeon(R) Processor", "flags": ["avx512f", "amx_bf16"]}
+    assert report.section_name(benches, doc) == "cpu-intel-xeon-avx512"
+    assert report.cpu_features(doc) == "AVX-512, AMX-BF16"
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_default_run_leaves_the_committed_results_alone(tmp_path, monkeypatch, capsys):
+    """Without --update the report writes runs/benchmarks/ under the current folder, never the
+    committed benchmarks/RESULTS.md or its figures."""
+    committed = report.COMMITTED
+    folder = os.path.dirname(committed)
+    tracked = [committed] + [os.path.join(folder, f) for f in sorted(os.listdir(folder)) if f.endswith(".png")]
+    before = {f: (_digest(type(tmp_path)(f)), os.stat(f).st_mtime_ns) for f in tracked}
+    path = tmp_path / "smoke.json"
+    path.write_text(json.dumps(_doc("cpu")))
+    monkeypatch.chdir(tmp_path)
+    report.main([str(path)])  # a plot too, where matplotlib is installed
+    assert "benchmarks/RESULTS.md not touched (--update writes it)" in capsys.readouterr().out
+    assert {f: (_digest(type(tmp_path)(f)), os.stat(f).st_mtime_ns) for f in tracked} == before
+    written = tmp_path / "runs" / "benchmarks" / "RESULTS.md"
+    assert report.begin_marker("cpu-test-avx512") in written.read_text()
+
+
+def test_update_and_out_exclude_each_other(tmp_path, capsys):
+    path = tmp_path / "x.json"
+    path.write_text(json.dumps(_doc("cpu")))
+    with pytest.raises(SystemExit) as e:
+        report.main([str(path), "--update", "--out", str(tmp_path / "R.md")])
+    assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
 
 
 def test_merge_section_appends_to_foreign_text():
