@@ -108,50 +108,60 @@ def build(key, impl):
     return build_generator(preset, scale=4, **overrides, **({"impl": impl} if key != "esrgan-paper" else {}))
 
 
-def forward_step(model, x):
+def _autocast(precision):
+    """``bf16``: torch.autocast on the CPU, as users of recent CPUs run these networks."""
+    return torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16")
+
+
+def forward_step(model, x, precision="fp32"):
     model.eval()
 
     def step():
-        with torch.no_grad():
+        with torch.no_grad(), _autocast(precision):
             model(x)
     return step
 
 
-def train_step(model, x, hr):
+def train_step(model, x, hr, precision="fp32"):
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def step():
         opt.zero_grad(set_to_none=True)
-        F.l1_loss(model(x), hr).backward()
+        with _autocast(precision):
+            loss = F.l1_loss(model(x), hr)
+        loss.backward()
         opt.step()
     return step
 
 
-def run(models, impl, lr, batch, train_batch, warmup=1):
+def run(models, impl, lr, batch, train_batch, warmup=1, precisions=("fp32",)):
     rows = []
     g = torch.Generator().manual_seed(0)
-    for key in models:
-        model = build(key, impl)
-        for pass_, b in (("forward", batch), ("train step", train_batch)):
-            x = torch.rand(b, 3, lr, lr, generator=g)
-            step = forward_step(model, x) if pass_ == "forward" else \
-                train_step(model, x, torch.rand(b, 3, 4 * lr, 4 * lr, generator=g))
-            for _ in range(warmup):
-                step()
-            by_kind, wall = profile_step(step)
-            rows.append({"model": key, "pass": pass_, "batch": b, "lr": lr, "wall_ms": wall, "ms": by_kind})
-            print(f"  {key} {pass_} b{b}: {wall:.0f} ms", flush=True)
+    for precision in precisions:
+        for key in models:
+            model = build(key, impl)
+            for pass_, b in (("forward", batch), ("train step", train_batch)):
+                x = torch.rand(b, 3, lr, lr, generator=g)
+                step = forward_step(model, x, precision) if pass_ == "forward" else \
+                    train_step(model, x, torch.rand(b, 3, 4 * lr, 4 * lr, generator=g), precision)
+                for _ in range(warmup):
+                    step()
+                by_kind, wall = profile_step(step)
+                rows.append({"model": key, "precision": precision, "pass": pass_, "batch": b, "lr": lr,
+                             "wall_ms": wall, "ms": by_kind})
+                print(f"  {key} {precision} {pass_} b{b}: {wall:.0f} ms", flush=True)
     return rows
 
 
 def markdown(rows):
-    head = "| model | pass | batch | " + " | ".join(KINDS) + " | total (profiled) |"
-    lines = [head, "|" + "---|" * 3 + "---:|" * (len(KINDS) + 1)]
+    head = "| model | precision | pass | batch | " + " | ".join(KINDS) + " | total (profiled) |"
+    lines = [head, "|" + "---|" * 4 + "---:|" * (len(KINDS) + 1)]
     for r in rows:
         total = sum(r["ms"].values())
         cells = [f"{r['ms'].get(k, 0):.0f} ({100 * r['ms'].get(k, 0) / total:.0f}%)" for k in KINDS]
-        lines.append(f"| {r['model']} | {r['pass']} | {r['batch']} | " + " | ".join(cells) + f" | {total:.0f} ms |")
+        lines.append(f"| {r['model']} | {r.get('precision', 'fp32')} | {r['pass']} | {r['batch']} | "
+                     + " | ".join(cells) + f" | {total:.0f} ms |")
     return "\n".join(lines)
 
 
@@ -162,7 +172,7 @@ def plot(rows, path):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, pass_ in zip(axes, ("forward", "train step")):
         sel = [r for r in rows if r["pass"] == pass_]
-        labels = [r["model"] for r in sel]
+        labels = [f"{r['model']} {r.get('precision', 'fp32')}" for r in sel]
         bottom = [0.0] * len(sel)
         for kind in KINDS:
             vals = [r["ms"].get(kind, 0) for r in sel]
@@ -186,6 +196,8 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--train-batch", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--precision", choices=("fp32", "bf16", "both"), default="both",
+                   help="fp32, bf16 (torch.autocast on the CPU), or both (default)")
     p.add_argument("--json")
     p.add_argument("--plot")
     args = p.parse_args(argv)
@@ -194,7 +206,8 @@ def main(argv=None):
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         p.error(f"--models: unknown {unknown}; known: {', '.join(MODELS)}")
-    rows = run(models, args.impl, args.lr, args.batch, args.train_batch)
+    precisions = ("fp32", "bf16") if args.precision == "both" else (args.precision,)
+    rows = run(models, args.impl, args.lr, args.batch, args.train_batch, precisions=precisions)
     print(markdown(rows))
     if args.json:
         write_text_atomic(args.json, json.dumps(rows, indent=1))

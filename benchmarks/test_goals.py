@@ -1,8 +1,11 @@
 """The whole-network speed goals on CPU, each ratio timed side by side.
 
-Ids read ``goal-<pass>-cpu-lr<lr>-b<batch>``; pass, lr and batch mean what they mean in
+Ids read ``goal-<pass>-cpu-<precision>-lr<lr>-b<batch>``; pass, lr and batch mean what they mean in
 test_models.py (``fwd``: forward under no_grad in eval mode; ``train``: zero_grad + forward + L1 +
-backward + Adam step), with NCHW inputs as a user passes them.
+backward + Adam step), with NCHW inputs as a user passes them. Precision ``fp32``, or ``bf16``: the
+same float32 model and input under ``torch.autocast("cpu", torch.bfloat16)`` (float32 master weights
+for training), every contender alike, as users of recent CPUs run these networks. onnxruntime runs
+its float32 graph in both (its CPU provider has no bfloat16 convolutions).
 
 Why a second suite: test_models.py times each network on its own, minutes after the one it is
 compared with. On a shared machine a slow spell then lands in one figure and not the other, and a
@@ -36,12 +39,14 @@ from benchmarks._networks import SCALE, build, check_model, onnx_session
 ROUNDS = 4
 CALLS = 3  # per block; the first is the block's warm-up
 SIZES = [("fwd", 32, 16), ("fwd", 128, 1), ("train", 32, 4), ("train", 32, 16)]
+PRECISIONS = ("fp32", "bf16")
+CASES = [(p, prec, lr, b) for prec in PRECISIONS for p, lr, b in SIZES]
 ESRGAN, MESRGAN, LITE = "esrgan-paper", "mesrgan-paper", "mesrgan-paper-out"
 # pass -> [(contender label, model key, impl)]; the last is the peer our MESRGAN-paper is held against.
 CONTENDERS = {
-    "fwd": [(ESRGAN, ESRGAN, "torch"), (MESRGAN, MESRGAN, "mesrgan"), ("lite", LITE, "mesrgan"),
+    "fwd": [(ESRGAN, ESRGAN, "torch"), (MESRGAN, MESRGAN, "auto"), ("lite", LITE, "auto"),
             ("onnxruntime", MESRGAN, "onnxruntime")],
-    "train": [(ESRGAN, ESRGAN, "torch"), (MESRGAN, MESRGAN, "mesrgan"), ("lite", LITE, "mesrgan"),
+    "train": [(ESRGAN, ESRGAN, "torch"), (MESRGAN, MESRGAN, "auto"), ("lite", LITE, "auto"),
               ("impl=torch", MESRGAN, "torch")],
 }
 # pass -> [(goal, numerator label, denominator label, comparison, target)]
@@ -55,17 +60,18 @@ GOALS = {
 }
 
 
-def _step(pass_, key, impl, lr, batch):
-    """One call of a contender, as a user makes it."""
+def _step(pass_, key, impl, lr, batch, precision="fp32"):
+    """One call of a contender, as a user makes it (``impl="auto"``: what a user gets by default)."""
     g = torch.Generator().manual_seed(2)
     x = torch.rand(batch, 3, lr, lr, generator=g)
     if impl == "onnxruntime":
         run, x_np = onnx_session(key), x.numpy()
         return lambda: run(x_np)
     model = build(key, impl, "cpu", train=pass_ == "train")
+    autocast = torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16")
     if pass_ == "fwd":
         def forward():
-            with torch.no_grad():
+            with torch.no_grad(), autocast:
                 model(x)
         return forward
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -73,7 +79,9 @@ def _step(pass_, key, impl, lr, batch):
 
     def train_step():
         opt.zero_grad(set_to_none=True)
-        torch.nn.functional.l1_loss(model(x), hr).backward()
+        with autocast:
+            loss = torch.nn.functional.l1_loss(model(x), hr)
+        loss.backward()
         opt.step()
     return train_step
 
@@ -103,11 +111,11 @@ def goal_rows(pass_, medians):
     return rows
 
 
-@pytest.mark.parametrize("size", SIZES, ids=[f"goal-{p}-cpu-lr{lr}-b{b}" for p, lr, b in SIZES])
-def test_goal(benchmark, bench_settings, size):
+@pytest.mark.parametrize("case", CASES, ids=[f"goal-{p}-cpu-{prec}-lr{lr}-b{b}" for p, prec, lr, b in CASES])
+def test_goal(benchmark, bench_settings, case):
     if "cpu" not in bench_settings.devices:
         pytest.skip("the goals are CPU goals (--bench-device cpu or all runs them)")
-    pass_, lr, batch = size
+    pass_, precision, lr, batch = case
     benchmark.group = "goals cpu"
     for key in (MESRGAN, LITE):
         check_model(key, "cpu")  # our impl equals PyTorch's on these weights before anything is timed
@@ -118,7 +126,7 @@ def test_goal(benchmark, bench_settings, size):
                 import onnxruntime  # noqa: F401
             except ImportError:
                 continue  # the goal against it is left out of the table
-        steps[label] = _step(pass_, key, impl, lr, batch)
+        steps[label] = _step(pass_, key, impl, lr, batch, precision)
     for fn in steps.values():
         fn()  # one-time costs (weight packing, the ONNX session's first run) stay out
 
@@ -126,7 +134,8 @@ def test_goal(benchmark, bench_settings, size):
     benchmark.pedantic(lambda: medians.update(time_side_by_side(steps)), rounds=1, iterations=1)
     benchmark.extra_info.update(env_info("cpu"))
     benchmark.extra_info.update(
-        kind="goal", pass_=pass_, lr=lr, batch=batch, rounds=ROUNDS, calls=CALLS,
+        kind="goal", pass_=pass_, precision=precision, lr=lr, batch=batch, rounds=ROUNDS, calls=CALLS,
         contenders_ms={label: s * 1e3 for label, s in medians.items()}, goals=goal_rows(pass_, medians),
         input=f"random LR {batch}x3x{lr}x{lr} fp32, NCHW" + (", no_grad, eval" if pass_ == "fwd" else
-                                                             ", train mode, L1 to random HR, Adam lr 1e-4"))
+                                                             ", train mode, L1 to random HR, Adam lr 1e-4")
+        + (", torch.autocast cpu bfloat16" if precision == "bf16" else ""))

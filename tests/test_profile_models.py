@@ -45,3 +45,22 @@ def test_unfused_network_counts_convs_depthwise_and_concat():
     for kind in ("1x1 conv", "depthwise", "concat", "activation", "other"):
         assert by_kind.get(kind, 0) > 0, (kind, by_kind)
     assert "fused block" not in by_kind
+
+
+def test_bf16_rows_run_under_autocast_and_name_their_precision():
+    model = _tiny("auto")
+    x = torch.rand(1, 3, 8, 8)
+    seen = []
+    orig = model.forward
+
+    def spy(inp):
+        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return orig(inp)
+    model.forward = spy
+    profile_models.forward_step(model, x, "bf16")()
+    profile_models.train_step(model, x, torch.rand(1, 3, 32, 32), "bf16")()
+    profile_models.forward_step(model, x, "fp32")()
+    assert seen == [True, True, False]
+    md = profile_models.markdown([{"model": "m", "precision": "bf16", "pass": "forward", "batch": 1, "lr": 8,
+                                   "wall_ms": 1.0, "ms": {"other": 1.0}}])
+    assert "| m | bf16 | forward | 1 |" in md
