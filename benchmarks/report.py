@@ -357,10 +357,11 @@ def goal_tables(benches):
     by_pass = defaultdict(list)
     for b in benches:
         if b["extra_info"]["kind"] == "goal":
-            by_pass[b["extra_info"]["pass_"]].append(b["extra_info"])
+            e = b["extra_info"]
+            by_pass[(e["pass_"], e.get("precision", "fp32"))].append(e)
     out = []
-    for pass_ in ("fwd", "train"):
-        rows = sorted(by_pass.get(pass_, []), key=lambda e: (-e["lr"], e["batch"]))
+    for pass_, precision in [(p, prec) for prec in ("fp32", "bf16") for p in ("fwd", "train")]:
+        rows = sorted(by_pass.get((pass_, precision), []), key=lambda e: (-e["lr"], e["batch"]))
         if not rows:
             continue
         labels = list(dict.fromkeys(k for e in rows for k in e["contenders_ms"]))
@@ -375,7 +376,8 @@ def goal_tables(benches):
             cells += [_goal_cell(found[g]) if g in found else "–" for g in goals]
             body.append([e["lr"], e["batch"], *cells])
         first = rows[0]
-        out += [f"**{'Forward (no_grad, eval)' if pass_ == 'fwd' else 'Training step'}**, "
+        out += [f"**{'Forward (no_grad, eval)' if pass_ == 'fwd' else 'Training step'}, "
+                f"{'float32' if precision == 'fp32' else 'bfloat16 (torch.autocast)'}**, "
                 f"{first['rounds']} rounds × {first['calls']} calls per contender in alternating blocks "
                 f"(the first call of each block not counted), medians:\n", table(header, body), ""]
     return "\n".join(out)

@@ -129,8 +129,14 @@ def test_goal_tables_give_each_ratio_beside_its_target():
                     [{"goal": "impl=torch ÷ mesrgan-paper", "ratio": 2.0, "cmp": ">=", "target": 1.5,
                       "met": True}]),
     ]
+    benches.append(_goal_bench("fwd", 32, 16, {"esrgan-paper": 170.0, "mesrgan-paper": 900.0},
+                               [{"goal": "mesrgan-paper ÷ esrgan-paper", "ratio": 5.29, "cmp": "<=", "target": 1.0,
+                                 "met": False}]))
+    benches[-1]["extra_info"]["precision"] = "bf16"
     text = report.goal_tables(benches)
-    fwd, train = text.split("**Training step**")
+    fp32, bf16 = text.split("**Forward (no_grad, eval), bfloat16 (torch.autocast)**")
+    fwd, train = fp32.split("**Training step, float32**")
+    assert "| 32 | 16 | 170 | 900 | 5.29× (missed by 429%) |" in bf16 and "| 600 |" not in bf16
     assert "| LR | batch | esrgan-paper ms | mesrgan-paper ms | mesrgan-paper ÷ esrgan-paper (≤ 1) |" in fwd
     assert fwd.index("| 128 | 1 |") < fwd.index("| 32 | 16 |")  # LR 128 first, as in the goals
     assert "| 32 | 16 | 600 | 630 | 1.05× (missed by 5%) |" in fwd
