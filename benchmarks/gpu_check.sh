@@ -21,14 +21,14 @@
 #   bench-tab1-32   test_models.py, Table I at LR 32
 #   bench-train     test_models.py, training step
 #   train-quick     python -m mesrgan.train --quick on CUDA twice (bf16 + channels_last; fp16 + EMA)
-#   report          python -m benchmarks.report -> OUTDIR/RESULTS.md (section "cuda"), OUTDIR/table1-cuda.png
+#   report          python -m benchmarks.report -> OUTDIR/RESULTS.md (a section named after the GPU), OUTDIR/table1-cuda.png
 #
 # OUTDIR receives summary.txt (one line per step: name, rc, seconds; then the sanitizer verdicts
 # and test tallies), RESULTS.md, table1-cuda.png, build.tar.gz (the built extension), json/ (the benchmark JSON files), logs/ (one log
 # per step) and gpu_check.tar.gz (json/ and logs/). --pack removes json/ and logs/ after packing,
 # leaving 4 files (for a device tool that returns only a few). Add the GPU numbers to the
 # repository's benchmarks/RESULTS.md afterwards with
-#   python -m benchmarks.report OUTDIR/json/*.json
+#   python -m benchmarks.report --update OUTDIR/json/*.json
 #
 # Environment: PYTHON (default python3), GPU_CHECK_BUDGET (seconds, default 470), MAX_JOBS (default
 # nproc), TORCH_CUDA_ARCH_LIST (default: the visible GPU's compute capability, e.g. 9.0),

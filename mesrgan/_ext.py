@@ -10,7 +10,7 @@ import os
 import torch
 
 REBUILD = ("rebuild it against the installed torch with `pip install --no-build-isolation -e .` "
-           "from the repository root (see README, 'Building')")
+           "from the repository root (see docs/building.md)")
 
 _here = os.path.dirname(os.path.abspath(__file__))
 

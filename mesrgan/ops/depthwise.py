@@ -129,8 +129,8 @@ def _fake_backward_weight(x, grad_out, need_bias):
 
 
 def cpu_cache_info():
-    """The CPU output cache (large outputs of the mesrgan ops come from recycled memory; see the
-    README): a dict with ``idle_bytes``, ``idle_blocks``, ``hits``, ``misses`` and ``limit_bytes``
+    """The CPU output cache (large outputs of the mesrgan ops come from recycled memory; see
+    docs/performance.md): a dict with ``idle_bytes``, ``idle_blocks``, ``hits``, ``misses`` and ``limit_bytes``
     (``MESRGAN_CPU_CACHE_MB``; 0 when the cache is off)."""
     keys = ("idle_bytes", "idle_blocks", "hits", "misses", "limit_bytes")
     return dict(zip(keys, torch.ops.mesrgan._cpu_cache_info()))
