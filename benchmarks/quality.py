@@ -169,7 +169,7 @@ def held_out_images(args):
 def evaluate(weights, images, device, save_dir):
     """Means of both conventions (and NIQE, PI where possible) for one checkpoint, plus per-image rows."""
     from mesrgan.evaluate import evaluate_images, mean_of
-    from mesrgan.inference import load_checkpoint
+    from mesrgan.cli import load_checkpoint
     from mesrgan.pi import ma_scorer
 
     generator, _, scale = load_checkpoint(weights, None, torch.device(device), SCALE)

@@ -1,8 +1,9 @@
-"""What the command-line programs share: range-checked numeric flags, output locations checked
-before any work, and files written atomically.
+"""What the command-line programs share: their one-line errors, range-checked numeric flags, the
+device, precision and checkpoint flags, output locations checked before any work, output names,
+and the ``main`` that turns errors and stop signals into an exit status.
 
-Every error here is a :class:`mesrgan.inference.UsageError` (exit status 2 in the programs) whose
-message names the flag, what was expected and what was given.
+Every error here is a :class:`UsageError` (exit status 2 in the programs) whose message names the
+flag, what was expected and what was given.
 """
 from __future__ import annotations
 
@@ -18,10 +19,48 @@ import threading
 import torch
 
 from .atomic import write_text_atomic  # noqa: F401  (re-exported for the programs)
-from .inference import UsageError
+from .models import CheckpointError, load_generator
 
-__all__ = ["int_range", "float_range", "check_dir", "check_file", "prepare_dir", "prepare_file", "write_text_atomic",
+__all__ = ["UsageError", "resolve_device", "load_checkpoint", "int_range", "float_range", "check_dir", "check_file", "prepare_dir", "prepare_file", "write_text_atomic",
            "output_stems", "check_finite_weights", "run_program", "Stopped", "DTYPES", "DTYPE_HELP", "resolve_dtype"]
+
+
+class UsageError(Exception):
+    """A problem with the command line or the checkpoint: nothing is processed."""
+
+
+def resolve_device(name: str, flag: str = "--device") -> torch.device:
+    """``--device``: ``auto`` (CUDA when torch sees a GPU, else the CPU), ``cpu``, ``cuda``, ``cuda:N``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise UsageError(f"{flag} {name}: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"{flag} {name}: CUDA is not available on this machine (torch {torch.__version__}, CUDA "
+                         f"build {torch.version.cuda}); use {flag} cpu")
+    return device
+
+
+def load_checkpoint(weights: str, model: str | None, device, scale: int | None = None):
+    """``mesrgan.models.load_generator`` for the command-line programs, its errors turned into
+    one-line :class:`UsageError` messages. Returns ``(generator, info, scale)``; ``scale`` is the
+    checkpoint's (or the given one, or 4), and a given one that differs is an error."""
+    if not os.path.exists(weights):
+        raise UsageError(f"--weights: checkpoint {weights!r} does not exist")
+    if os.path.isdir(weights):
+        raise UsageError(f"--weights: {weights!r} is a folder; pass a checkpoint file (e.g. runs/NAME/best.pt)")
+    try:
+        generator, info = load_generator(weights, model=model, device=device)
+    except CheckpointError as e:  # already names the file and what it holds
+        raise UsageError(f"--weights: {e}") from e
+    except (ValueError, RuntimeError, TypeError, KeyError) as e:
+        raise UsageError(f"--weights: cannot load {weights!r}: {e}") from e
+    got = info["config"].get("scale")
+    if scale is not None and got is not None and got != scale:
+        raise UsageError(f"--scale {scale}: the checkpoint {weights!r} holds a x{got} {info['model']} generator")
+    return generator, info, got or scale or 4
 
 
 def int_range(lo: int, hi: int | None = None, *, zero_ok: bool = False):

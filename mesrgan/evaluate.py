@@ -39,10 +39,11 @@ import time
 import numpy as np
 import torch
 
-from .cli import (DTYPE_HELP, DTYPES, check_dir, check_file, check_finite_weights, int_range, output_stems,
-                  prepare_dir, prepare_file, resolve_dtype, run_program, write_text_atomic)
+from .cli import (DTYPE_HELP, DTYPES, UsageError, check_dir, check_file, check_finite_weights, int_range,
+                  load_checkpoint, output_stems, prepare_dir, prepare_file, resolve_device, resolve_dtype,
+                  run_program, write_text_atomic)
 from .imageio import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, ImageReadError, is_image_file, read_image, write_image
-from .inference import UsageError, load_checkpoint, upscale_tensor
+from .inference import upscale_tensor
 from .metrics import niqe, psnr, rmse, ssim
 from .niqe import NIQE_BLOCK
 from .pi import ma_scorer, perceptual_index
@@ -274,18 +275,6 @@ def _pi_line(rows, ma_missing):
 # command line
 
 
-def _resolve_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise UsageError(f"--device: {e}") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return device
-
-
 def _hr_reader(path, max_pixels):
     return lambda: to_rgb_uint8(read_image(path, max_pixels=max_pixels).pixels)
 
@@ -296,7 +285,7 @@ def run(args):
         check_dir(args.save_dir, "--save-dir")
     if args.json is not None:
         check_file(args.json, "--json")
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     generator, info, scale = load_checkpoint(args.weights, args.model, device, args.scale)
     check_finite_weights(generator, "--weights", args.weights)
     generator = generator.to(dtype=resolve_dtype(args.dtype, device))

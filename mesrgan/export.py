@@ -18,8 +18,7 @@ import argparse
 import importlib.util
 import sys
 
-from .cli import check_file, float_range, int_range, prepare_file, run_program
-from .inference import UsageError, load_checkpoint
+from .cli import UsageError, check_file, float_range, int_range, load_checkpoint, prepare_file, run_program
 
 __all__ = ["main"]
 

@@ -18,34 +18,6 @@ __all__ = ["upscale_tensor", "upscale_pixels", "tile_edges", "tile_memory", "ima
 _LUMA = (0.299, 0.587, 0.114)
 
 
-class UsageError(Exception):
-    """A problem with the command line or the checkpoint: nothing is processed."""
-
-
-def load_checkpoint(weights: str, model: str | None, device, scale: int | None = None):
-    """``mesrgan.models.load_generator`` for the command-line programs, its errors turned into
-    one-line :class:`UsageError` messages. Returns ``(generator, info, scale)``; ``scale`` is the
-    checkpoint's (or the given one, or 4), and a given one that differs is an error."""
-    import os
-
-    from .models import CheckpointError, load_generator
-
-    if not os.path.exists(weights):
-        raise UsageError(f"--weights: checkpoint {weights!r} does not exist")
-    if os.path.isdir(weights):
-        raise UsageError(f"--weights: {weights!r} is a folder; pass a checkpoint file (e.g. runs/NAME/best.pt)")
-    try:
-        generator, info = load_generator(weights, model=model, device=device)
-    except CheckpointError as e:  # already names the file and what it holds
-        raise UsageError(f"--weights: {e}") from e
-    except (ValueError, RuntimeError, TypeError, KeyError) as e:
-        raise UsageError(f"--weights: cannot load {weights!r}: {e}") from e
-    got = info["config"].get("scale")
-    if scale is not None and got is not None and got != scale:
-        raise UsageError(f"--scale {scale}: the checkpoint {weights!r} holds a x{got} {info['model']} generator")
-    return generator, info, got or scale or 4
-
-
 def tile_edges(length: int, tile: int) -> list[int]:
     """Split ``length`` pixels into ``ceil(length / tile)`` nearly equal spans (none above ``tile``).
 

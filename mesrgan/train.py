@@ -11,8 +11,7 @@ import os
 import signal
 import sys
 
-from .cli import check_dir
-from .inference import UsageError
+from .cli import UsageError, check_dir
 from .training import (EXIT_NEEDS_VGG, MODELS, PAPER_DEFAULTS, QUICK, ConfigError, RunFolder, StopNow, Trainer,
                        build_parser, dump_toml, remove_temp_files, resolve_config, save_checkpoint)
 from .training.distributed import Dist

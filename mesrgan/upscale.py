@@ -24,12 +24,13 @@ import time
 
 import torch
 
-from .cli import (DTYPE_HELP, DTYPES, check_dir, check_file, check_finite_weights, int_range, output_stems,
-                  prepare_dir, prepare_file, resolve_dtype, run_program)
+from .cli import (DTYPE_HELP, DTYPES, UsageError, check_dir, check_file, check_finite_weights, int_range,
+                  load_checkpoint, output_stems, prepare_dir, prepare_file, resolve_device, resolve_dtype,
+                  run_program)
 from .imageio import (DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, ImageReadError, is_image_file, read_image_samples,
                       write_image)
 from .inference import upscale_tensor  # noqa: F401  (re-exported: mesrgan.upscale.upscale_tensor)
-from .inference import DEFAULT_MAX_MEMORY, UsageError, load_checkpoint, tile_for_budget, upscale_pixels
+from .inference import DEFAULT_MAX_MEMORY, tile_for_budget, upscale_pixels
 
 __all__ = ["main", "upscale_tensor", "upscale_pixels"]
 
@@ -84,19 +85,6 @@ def build_parser():
                         f"(default: ${MAX_PIXELS_ENV} or Pillow's limit, {DEFAULT_MAX_PIXELS:,}; 0: no limit)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors and the final summary")
     return p
-
-
-def _resolve_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise UsageError(f"--device: {e}") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: CUDA is not available on this machine (torch "
-                         f"{torch.__version__}, CUDA build {torch.version.cuda}); use --device cpu")
-    return device
 
 
 def _resolve_dtype(args, device):
@@ -194,7 +182,7 @@ def _device_of(generator):
 
 def run(args):
     """Returns the exit status."""
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     dtype = _resolve_dtype(args, device)
     jobs = _collect_inputs(args.inputs)
     single_file_output = _check_output(args, jobs)

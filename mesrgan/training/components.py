@@ -14,6 +14,7 @@ import torch
 
 from .. import losses as L
 from ..data import CropDataset, bundled_images, find_images, load_image, prepare_validation
+from ..cli import UsageError, resolve_device
 from .config import ConfigError, one_line
 
 __all__ = ["Networks", "pick_device", "build_networks", "check_step_memory", "saved_bytes_per_lr_pixel", "build_train_set", "build_val_set",
@@ -22,13 +23,11 @@ __all__ = ["Networks", "pick_device", "build_networks", "check_step_memory", "sa
 
 def pick_device(cfg: dict, local_rank: int | None) -> torch.device:
     """``--device`` as a ``torch.device`` with an explicit CUDA index (``local_rank`` under torchrun)."""
-    want = cfg["device"]
-    if want == "auto":
-        want = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(want)
+    try:
+        dev = resolve_device(cfg["device"])
+    except UsageError as e:
+        raise ConfigError(f"error: {e}") from None
     if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"error: --device {cfg['device']} asked for CUDA, but torch sees no GPU")
         if local_rank is not None:
             dev = torch.device("cuda", local_rank)
         elif dev.index is None:  # set_device and the checkpoints want an explicit index
