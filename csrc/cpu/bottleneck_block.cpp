@@ -15,7 +15,7 @@
 // except on Intel CPUs with AVX-512 and in float64: ATen's BLAS there (MKL: about 70-85 GMAC/s per
 // core on an AVX-512 Xeon at these sizes, but about 25 on AMD EPYCs, where it does not use AVX-512)
 // followed by a tile pass for the epilogue. The depthwise and the epilogues are our tile kernels
-// (bottleneck_tiles.h), compiled per ISA and picked at run time.
+// (bottleneck_tiles.h), compiled per ISA and picked at run time (dispatch.h).
 // Weight gradients go to a few partial sums (one per group of chunks) whose number depends on the
 // shape only, summed in a fixed order: the backward is deterministic whatever the thread count.
 #include <ATen/ATen.h>
@@ -30,64 +30,12 @@
 #include <vector>
 
 #include "bottleneck_block.h"
-#include "cpu/bottleneck_tiles_decl.h"
+#include "cpu/dispatch.h"
 #include "cpu/gemm_avx2.h"
 #include "depthwise_conv3x3.h"
 
 namespace mesrgan {
 namespace {
-
-// ---------------------------------------------------------------------------------------------
-// Tile kernels of the CPU's instruction set.
-
-template <typename T>
-struct TileFns {
-  void (*dw_forward)(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, T);
-  void (*dw_backward_input)(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, T);
-  void (*dw_backward_weight)(const T*, const T*, T*, T*, int64_t, int64_t, int64_t);
-  void (*bias_leaky)(T*, int64_t, const T*, int64_t, int64_t, T);
-  void (*add_bias_skip)(T*, int64_t, const T*, const T*, int64_t, int64_t, int64_t);
-  void (*leaky_mask)(T*, const T*, int64_t, T);
-  void (*column_sum)(const T*, int64_t, int64_t, int64_t, T*);
-};
-
-#define MESRGAN_TILE_FNS(NS)                                                                               \
-  TileFns<T> {                                                                                             \
-    &cpu::NS::tiles::dw_forward<T>, &cpu::NS::tiles::dw_backward_input<T>,                                 \
-        &cpu::NS::tiles::dw_backward_weight<T>, &cpu::NS::tiles::bias_leaky<T>,                            \
-        &cpu::NS::tiles::add_bias_skip<T>, &cpu::NS::tiles::leaky_mask<T>, &cpu::NS::tiles::column_sum<T> \
-  }
-
-// The CPU runs AVX2 + FMA code (our AVX2 tiles and GEMM).
-bool cpu_has_avx2() {
-#ifdef MESRGAN_HAVE_AVX_TILES
-  static const bool has = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return has;
-#else
-  return false;
-#endif
-}
-
-// "avx512", "avx2" or "base": the best the CPU has, or MESRGAN_CPU_ISA's choice (for testing).
-std::string tile_isa() {
-#ifdef MESRGAN_HAVE_AVX_TILES
-  static const std::string isa = [] {
-    const char* env = std::getenv("MESRGAN_CPU_ISA");
-    const std::string want = env ? env : "";
-    const bool avx2 = cpu_has_avx2();
-    const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
-    if (want == "base") return std::string("base");
-    if (want == "avx2") return std::string(avx2 ? "avx2" : "base");
-    return std::string(avx512 ? "avx512" : avx2 ? "avx2" : "base");
-  }();
-  return isa;
-#else
-  return "base";
-#endif
-}
 
 // The float32 GEMMs: ours for AVX2 or AVX-512 (gemm_avx2.h), or ATen's BLAS.
 enum class Gemm : int { kBlas, kAvx2, kAvx512 };
@@ -101,18 +49,6 @@ GemmWant parse_gemm_want(const std::string& s) {
          : s == "blas" ? GemmWant::kBlas : GemmWant::kDefault;
 }
 
-bool cpu_is_intel() {
-#ifdef MESRGAN_HAVE_AVX_TILES
-  static const bool intel = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_is("intel") != 0;
-  }();
-  return intel;
-#else
-  return false;
-#endif
-}
-
 // By default our kernel at the tiles' ISA, except on an Intel CPU with AVX-512, where MKL ran at
 // 70-85 GMAC/s a core (ours not measured there). On AMD CPUs MKL is slow (it does not take its
 // AVX-512 path on them) and ours is faster in both widths: see benchmarks/RESULTS.md.
@@ -124,26 +60,15 @@ Gemm gemm_in_use() {
     gemm_setting.store(setting, std::memory_order_relaxed);
   }
   const auto want = static_cast<GemmWant>(setting);
-  if (!cpu_has_avx2() || want == GemmWant::kBlas) return Gemm::kBlas;
+  if (cpu::cpu_isa_available() < cpu::Isa::kAvx2 || want == GemmWant::kBlas) return Gemm::kBlas;
   if (want == GemmWant::kAvx2) return Gemm::kAvx2;
-  const Gemm widest = tile_isa() == "avx512" ? Gemm::kAvx512 : Gemm::kAvx2;
+  const Gemm widest = cpu::cpu_isa() == cpu::Isa::kAvx512 ? Gemm::kAvx512 : Gemm::kAvx2;
   if (want == GemmWant::kOwn || want == GemmWant::kAvx512) return widest;
-  if (tile_isa() == "base") return Gemm::kBlas;  // MESRGAN_CPU_ISA=base: no AVX kernel unless asked for
-  return widest == Gemm::kAvx512 && cpu_is_intel() ? Gemm::kBlas : widest;
+  if (cpu::cpu_isa() == cpu::Isa::kBase) return Gemm::kBlas;  // MESRGAN_CPU_ISA=base: no AVX kernel unless asked for
+  return widest == Gemm::kAvx512 && cpu::cpu_is_intel() ? Gemm::kBlas : widest;
 }
 
 const char* gemm_name(Gemm g) { return g == Gemm::kAvx512 ? "avx512" : g == Gemm::kAvx2 ? "avx2" : "blas"; }
-
-template <typename T>
-TileFns<T> tile_fns() {
-#ifdef MESRGAN_HAVE_AVX_TILES
-  const std::string isa = tile_isa();
-  if (isa == "avx512") return MESRGAN_TILE_FNS(avx512);
-  if (isa == "avx2") return MESRGAN_TILE_FNS(avx2);
-#endif
-  return MESRGAN_TILE_FNS(base);
-}
-#undef MESRGAN_TILE_FNS
 
 // ---------------------------------------------------------------------------------------------
 // Shapes, tiling and scratch.
@@ -211,7 +136,7 @@ struct Block {
   const T* b2;     // (c_out) or null
   bool skip;
   T slope;
-  TileFns<T> fn;
+  cpu::TileKernels<T> fn;
   Gemm gemm;  // float32 only: our GEMM (AVX2 or AVX-512) or BLAS
   OwnWeights own;
 
@@ -230,7 +155,7 @@ struct Block {
     const int64_t ldc = ep.ldc ? ep.ldc : N;
     const int64_t ld_add = ep.ld_add ? ep.ld_add : ldc;
     if constexpr (std::is_same_v<T, float>) {
-#ifdef MESRGAN_HAVE_AVX_TILES
+#ifdef MESRGAN_HAVE_X86_KERNELS
       if (gemm != Gemm::kBlas) {
         cpu::avx2::gemm::Epilogue e;
         e.accumulate = ep.accumulate;
@@ -363,9 +288,9 @@ Block<T> make_block(const at::Tensor& x, int64_t ld_x, const at::Tensor& w1, con
           b2.defined() ? b2.contiguous() : b2};
   Block<T> k{d, x.data_ptr<T>(), ld_x, keep[0].data_ptr<T>(), ptr_or_null<T>(keep[4]), keep[1].data_ptr<T>(),
              ptr_or_null<T>(keep[2]), ptr_or_null<T>(keep[5]), keep[3].data_ptr<T>(), ptr_or_null<T>(keep[6]),
-             skip, static_cast<T>(slope), tile_fns<T>(), Gemm::kBlas, OwnWeights{}};
+             skip, static_cast<T>(slope), cpu::kernels<T>().tiles, Gemm::kBlas, OwnWeights{}};
   if constexpr (std::is_same_v<T, float>) {
-#ifdef MESRGAN_HAVE_AVX_TILES
+#ifdef MESRGAN_HAVE_X86_KERNELS
     const Gemm gemm = gemm_in_use();
     if (gemm != Gemm::kBlas) {
       // Packing all four costs one pass over the weights, nothing beside the GEMMs over the pixels.
@@ -724,7 +649,7 @@ TORCH_LIBRARY_IMPL(mesrgan, CPU, m) {
   m.impl("_bottleneck_block_backward_into", &bottleneck_block_backward_into_cpu);
 }
 
-static std::string cpu_tile_isa() { return tile_isa(); }
+static std::string cpu_tile_isa() { return cpu::isa_name(cpu::cpu_isa()); }
 
 // The float32 GEMM in use ("avx512", "avx2" or "blas"); `which` = "own", "avx2", "avx512", "blas" or
 // "default" first changes it (for tests and benchmarks: the calls already running keep theirs). A

@@ -2,6 +2,8 @@
 #pragma once
 #include <cstdint>
 
+#include "cpu/isa.h"
+
 namespace mesrgan {
 namespace cpu {
 #define MESRGAN_DECLARE(NS)                                                                                        \
@@ -22,8 +24,7 @@ namespace cpu {
   void act_bwd(const T* g, const T* y, T* r, int64_t begin, int64_t end, int act, T slope);                      \
   }
 MESRGAN_DECLARE(base)
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define MESRGAN_HAVE_AVX2_KERNELS 1
+#ifdef MESRGAN_HAVE_X86_KERNELS
 MESRGAN_DECLARE(avx2)
 #endif
 #undef MESRGAN_DECLARE
