@@ -11,7 +11,7 @@
 //             g2 = (dy W2) * act'(h2), g1 = depthwise^T(g2) * act'(h1), dx = g1 W1 (+ dy),
 //             and accumulates dW2 += dy^T h2, dW1 += g1^T x, the depthwise and bias gradients.
 // The 1x1 convolutions are GEMMs on the band: in float32 our own kernel at the tiles' width
-// (gemm_avx2.h: AVX2 or AVX-512, with the bias / LeakyReLU / skip / mask folded into its stores),
+// (gemm.h: AVX2 or AVX-512, with the bias / LeakyReLU / skip / mask folded into its stores),
 // except on Intel CPUs with AVX-512 and in float64: ATen's BLAS there (MKL: about 70-85 GMAC/s per
 // core on an AVX-512 Xeon at these sizes, but about 25 on AMD EPYCs, where it does not use AVX-512)
 // followed by a tile pass for the epilogue. The depthwise and the epilogues are our tile kernels
@@ -31,44 +31,11 @@
 
 #include "bottleneck_block.h"
 #include "cpu/dispatch.h"
-#include "cpu/gemm_avx2.h"
+#include "cpu/gemm_choice.h"
 #include "depthwise_conv3x3.h"
 
 namespace mesrgan {
 namespace {
-
-// The float32 GEMMs: ours for AVX2 or AVX-512 (gemm_avx2.h), or ATen's BLAS.
-enum class Gemm : int { kBlas, kAvx2, kAvx512 };
-// What was asked for, by MESRGAN_CPU_GEMM or _cpu_gemm(...): "" / "default", "own" (ours at the widest
-// ISA the tiles run), "avx2", "avx512" or "blas".
-enum class GemmWant : int { kDefault = 0, kOwn, kAvx2, kAvx512, kBlas };
-std::atomic<int> gemm_setting{-1};  // -1: not read from the environment yet
-
-GemmWant parse_gemm_want(const std::string& s) {
-  return s == "own" ? GemmWant::kOwn : s == "avx2" ? GemmWant::kAvx2 : s == "avx512" ? GemmWant::kAvx512
-         : s == "blas" ? GemmWant::kBlas : GemmWant::kDefault;
-}
-
-// By default our kernel at the tiles' ISA, except on an Intel CPU with AVX-512, where MKL ran at
-// 70-85 GMAC/s a core (ours not measured there). On AMD CPUs MKL is slow (it does not take its
-// AVX-512 path on them) and ours is faster in both widths: see benchmarks/RESULTS.md.
-Gemm gemm_in_use() {
-  int setting = gemm_setting.load(std::memory_order_relaxed);
-  if (setting < 0) {
-    const char* env = std::getenv("MESRGAN_CPU_GEMM");
-    setting = static_cast<int>(parse_gemm_want(env ? env : ""));
-    gemm_setting.store(setting, std::memory_order_relaxed);
-  }
-  const auto want = static_cast<GemmWant>(setting);
-  if (cpu::cpu_isa_available() < cpu::Isa::kAvx2 || want == GemmWant::kBlas) return Gemm::kBlas;
-  if (want == GemmWant::kAvx2) return Gemm::kAvx2;
-  const Gemm widest = cpu::cpu_isa() == cpu::Isa::kAvx512 ? Gemm::kAvx512 : Gemm::kAvx2;
-  if (want == GemmWant::kOwn || want == GemmWant::kAvx512) return widest;
-  if (cpu::cpu_isa() == cpu::Isa::kBase) return Gemm::kBlas;  // MESRGAN_CPU_ISA=base: no AVX kernel unless asked for
-  return widest == Gemm::kAvx512 && cpu::cpu_is_intel() ? Gemm::kBlas : widest;
-}
-
-const char* gemm_name(Gemm g) { return g == Gemm::kAvx512 ? "avx512" : g == Gemm::kAvx2 ? "avx2" : "blas"; }
 
 // ---------------------------------------------------------------------------------------------
 // Shapes, tiling and scratch.
@@ -100,22 +67,9 @@ at::Tensor mat(const T* p, int64_t rows, int64_t cols, int64_t ld) {
                        at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
 }
 
-using OwnB = cpu::avx2::gemm::BMatrix;
-
-// Where a GEMM's result goes and what it gets on its way, in this order (each optional): += C
-// (accumulate), + bias (per column), LeakyReLU, + add, * LeakyReLU'(mask) read from mask's sign.
-// ldc: C's row stride (0: its columns, N); ld_add: add's (0: C's). mask has C's layout, and C is
-// dense when there is one.
+using OwnB = cpu::gemm::BMatrix;
 template <typename T>
-struct Epi {
-  int64_t ldc = 0;
-  bool accumulate = false;
-  const T* bias = nullptr;
-  bool leaky = false;
-  const T* add = nullptr;
-  int64_t ld_add = 0;
-  const T* mask = nullptr;
-};
+using Epilogue = cpu::gemm::Epilogue<T>;
 
 // Our kernel's packed copies of the 1x1 weights as the four GEMMs read them (float32 only).
 struct OwnWeights {
@@ -137,43 +91,28 @@ struct Block {
   bool skip;
   T slope;
   cpu::TileKernels<T> fn;
-  Gemm gemm;  // float32 only: our GEMM (AVX2 or AVX-512) or BLAS
+  cpu::gemm::Kernel own_gemm;  // float32 only: our GEMM (AVX2 or AVX-512), or null for BLAS
   OwnWeights own;
 
   const T* x_row(int64_t n, int64_t r) const { return x + (n * d.H + r) * d.W * ld_x; }
 
   // A row-major K x N matrix with row stride ld as our kernel reads B (float32 only; unused otherwise).
   static OwnB own_rows(const T* p, int64_t ld) {
-    if constexpr (std::is_same_v<T, float>) return OwnB{p, ld, cpu::avx2::gemm::kNR};
+    if constexpr (std::is_same_v<T, float>) return OwnB{p, ld, cpu::gemm::kNR};
     return OwnB{};
   }
 
-  // C (M x N) = A . B then the epilogue ep. A's element (i, k) is A[i * a_rs + k * a_cs] with a_rs or
-  // a_cs 1; B is given as a tensor view for BLAS and as our kernel's BMatrix.
+  // C (M x N, row stride ldc) = A . B then the epilogue ep, with the block's LeakyReLU slope. A's
+  // element (i, k) is A[i * a_rs + k * a_cs] with a_rs or a_cs 1; B is given as a tensor view for
+  // BLAS and as our kernel's BMatrix. A mask has C's layout, and C is dense when there is one.
   void matmul(int64_t M, int64_t N, int64_t K, const T* A, int64_t a_rs, int64_t a_cs, const at::Tensor& b_view,
-              const OwnB& b_own, T* C, const Epi<T>& ep) const {
-    const int64_t ldc = ep.ldc ? ep.ldc : N;
-    const int64_t ld_add = ep.ld_add ? ep.ld_add : ldc;
+              const OwnB& b_own, T* C, int64_t ldc, Epilogue<T> ep) const {
+    ep.slope = slope;
     if constexpr (std::is_same_v<T, float>) {
-#ifdef MESRGAN_HAVE_X86_KERNELS
-      if (gemm != Gemm::kBlas) {
-        cpu::avx2::gemm::Epilogue e;
-        e.accumulate = ep.accumulate;
-        e.bias = ep.bias;
-        e.leaky = ep.leaky;
-        e.add = ep.add;
-        e.ld_add = ld_add;
-        e.mask = ep.mask;
-        e.ld_mask = ldc;
-        e.slope = slope;
-        if (gemm == Gemm::kAvx512) {
-          cpu::avx512::gemm::gemm(M, N, K, A, a_rs, a_cs, b_own, C, ldc, e);
-        } else {
-          cpu::avx2::gemm::gemm(M, N, K, A, a_rs, a_cs, b_own, C, ldc, e);
-        }
+      if (own_gemm) {
+        own_gemm(M, N, K, A, a_rs, a_cs, b_own, C, ldc, ep);
         return;
       }
-#endif
     }
     at::Tensor a = at::from_blob(const_cast<T*>(A), {M, K}, {a_rs, a_cs},
                                  at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
@@ -186,7 +125,7 @@ struct Block {
     if (ep.leaky) {
       fn.bias_leaky(C, ldc, ep.bias, M, N, slope);  // no caller has both a LeakyReLU and an add
     } else if (ep.bias || ep.add) {
-      fn.add_bias_skip(C, ldc, ep.bias, ep.add, ld_add, M, N);
+      fn.add_bias_skip(C, ldc, ep.bias, ep.add, ep.ld_add, M, N);
     }
     if (ep.mask) fn.leaky_mask(C, ep.mask, M * N, slope);  // C dense here (ldc == N)
   }
@@ -200,11 +139,11 @@ struct Block {
     if (b < hi) std::memset(dst + (std::max(b, lo) - lo) * row, 0, sizeof(T) * (hi - std::max(b, lo)) * row);
     if (b <= a) return;
     const int64_t P = (b - a) * d.W;
-    Epi<T> ep;
+    Epilogue<T> ep;
     ep.bias = b1;
     ep.leaky = true;
     matmul(P, d.hidden, d.c_in, x_row(n, a), ld_x, 1, mat(w1, d.hidden, d.c_in, d.c_in).t(), own.expand,
-           dst + (a - lo) * row, ep);
+           dst + (a - lo) * row, d.hidden, ep);
   }
 
   // h2 for image rows [lo, hi) into dst from h1, where h1 holds image rows from h1_base on; rows
@@ -227,10 +166,11 @@ struct Block {
     const int64_t a = std::max<int64_t>(lo, 0), b = std::min(hi, d.H);
     if (b <= a) return;
     const int64_t P = (b - a) * d.W;
-    Epi<T> ep;
+    Epilogue<T> ep;
     ep.mask = h2 + (a - lo) * row;
+    ep.ld_mask = d.hidden;
     matmul(P, d.hidden, d.c_out, dy + (n * d.H + a) * d.W * ld_dy, ld_dy, 1, mat(w2, d.c_out, d.hidden, d.hidden),
-           own.project_t, dst + (a - lo) * row, ep);
+           own.project_t, dst + (a - lo) * row, d.hidden, ep);
   }
 };
 
@@ -254,13 +194,12 @@ void forward_chunk(const Block<T>& k, T* y, int64_t ld_y, int64_t n, int64_t r0,
       k.expand_rows(n, a + 1, b + 1, h1 + 2 * row);
     }
     k.fn.dw_forward(h1 + (a - 1 - base) * row, k.wt, k.bd, h2, b - a, d.W, d.hidden, k.slope);
-    Epi<T> ep;
-    ep.ldc = ld_y;
+    Epilogue<T> ep;
     ep.bias = k.b2;
     ep.add = k.skip ? k.x_row(n, a) : nullptr;
     ep.ld_add = k.ld_x;
     k.matmul((b - a) * d.W, d.c_out, d.hidden, h2, d.hidden, 1, mat(k.w2, d.c_out, d.hidden, d.hidden).t(),
-             k.own.project, y + (n * d.H + a) * d.W * ld_y, ep);
+             k.own.project, y + (n * d.H + a) * d.W * ld_y, ld_y, ep);
   }
 }
 
@@ -288,13 +227,12 @@ Block<T> make_block(const at::Tensor& x, int64_t ld_x, const at::Tensor& w1, con
           b2.defined() ? b2.contiguous() : b2};
   Block<T> k{d, x.data_ptr<T>(), ld_x, keep[0].data_ptr<T>(), ptr_or_null<T>(keep[4]), keep[1].data_ptr<T>(),
              ptr_or_null<T>(keep[2]), ptr_or_null<T>(keep[5]), keep[3].data_ptr<T>(), ptr_or_null<T>(keep[6]),
-             skip, static_cast<T>(slope), cpu::kernels<T>().tiles, Gemm::kBlas, OwnWeights{}};
+             skip, static_cast<T>(slope), cpu::kernels<T>().tiles, nullptr, OwnWeights{}};
   if constexpr (std::is_same_v<T, float>) {
-#ifdef MESRGAN_HAVE_X86_KERNELS
-    const Gemm gemm = gemm_in_use();
-    if (gemm != Gemm::kBlas) {
+    const cpu::gemm::Kernel gemm = cpu::gemm_kernel(cpu::gemm_in_use());
+    if (gemm) {
       // Packing all four costs one pass over the weights, nothing beside the GEMMs over the pixels.
-      namespace g = cpu::avx2::gemm;
+      namespace g = cpu::gemm;
       const int64_t sizes[4] = {g::packed_size(d.c_in, d.hidden), g::packed_size(d.hidden, d.c_out),
                                 g::packed_size(d.c_out, d.hidden), g::packed_size(d.hidden, d.c_in)};
       at::Tensor packed = at::empty({sizes[0] + sizes[1] + sizes[2] + sizes[3]}, x.options());
@@ -306,9 +244,8 @@ Block<T> make_block(const at::Tensor& x, int64_t ld_x, const at::Tensor& w1, con
       k.own.project_t = g::pack_b(w2p, d.c_out, d.hidden, d.hidden, 1, p += sizes[1]);        // W2
       k.own.expand_t = g::pack_b(w1p, d.hidden, d.c_in, d.c_in, 1, p += sizes[2]);            // W1
       keep.push_back(packed);
-      k.gemm = gemm;
+      k.own_gemm = gemm;
     }
-#endif
   }
   return k;
 }
@@ -481,11 +418,11 @@ void backward_chunk(const Block<T>& k, const Needs& need, const GradLayout& gl, 
     const int64_t P = (b - a) * d.W;
     const T* dy_band = dy + (n * d.H + a) * d.W * io.ld_dy;
     const T* h2_band = h2 + (a - base2) * row;
-    Epi<T> acc;
+    Epilogue<T> acc;
     acc.accumulate = true;
     if (need.w2)  // dW2 += dy^T h2
       k.matmul(d.c_out, d.hidden, P, dy_band, 1, io.ld_dy, mat(h2_band, P, d.hidden, d.hidden),
-               k.own_rows(h2_band, d.hidden), part + gl.w2, acc);
+               k.own_rows(h2_band, d.hidden), part + gl.w2, d.hidden, acc);
     if (need.b2) k.fn.column_sum(dy_band, io.ld_dy, P, d.c_out, part + gl.b2);
     if (need.wd || need.bd)
       k.fn.dw_backward_weight(h1 + (a - 1 - base1) * row, g2 + (a - base2) * row, part + gl.wd, part + gl.bd, b - a,
@@ -496,15 +433,14 @@ void backward_chunk(const Block<T>& k, const Needs& need, const GradLayout& gl, 
     if (need.b1) k.fn.column_sum(g1, d.hidden, P, d.hidden, part + gl.b1);
     if (need.w1)  // dW1 += g1^T x
       k.matmul(d.hidden, d.c_in, P, g1, 1, d.hidden, mat(k.x_row(n, a), P, d.c_in, k.ld_x),
-               k.own_rows(k.x_row(n, a), k.ld_x), part + gl.w1, acc);
+               k.own_rows(k.x_row(n, a), k.ld_x), part + gl.w1, d.c_in, acc);
     if (need.x) {  // dx (+)= g1 W1 (+ dy)
-      Epi<T> ep;
-      ep.ldc = io.ld_dx;
+      Epilogue<T> ep;
       ep.accumulate = io.accumulate;
       ep.add = k.skip ? dy_band : nullptr;
       ep.ld_add = io.ld_dy;
       k.matmul(P, d.c_in, d.hidden, g1, d.hidden, 1, mat(k.w1, d.hidden, d.c_in, d.c_in), k.own.expand_t,
-               io.dx + (n * d.H + a) * d.W * io.ld_dx, ep);
+               io.dx + (n * d.H + a) * d.W * io.ld_dx, io.ld_dx, ep);
     }
   }
 }
@@ -647,24 +583,6 @@ TORCH_LIBRARY_IMPL(mesrgan, CPU, m) {
   m.impl("bottleneck_block_backward", &bottleneck_block_backward_cpu);
   m.impl("_bottleneck_block_out", &bottleneck_block_out_cpu);
   m.impl("_bottleneck_block_backward_into", &bottleneck_block_backward_into_cpu);
-}
-
-static std::string cpu_tile_isa() { return cpu::isa_name(cpu::cpu_isa()); }
-
-// The float32 GEMM in use ("avx512", "avx2" or "blas"); `which` = "own", "avx2", "avx512", "blas" or
-// "default" first changes it (for tests and benchmarks: the calls already running keep theirs). A
-// kernel the CPU lacks falls back to the nearest it has, so the answer says what runs.
-static std::string cpu_gemm(const std::string& which) {
-  TORCH_CHECK_VALUE(which.empty() || which == "own" || which == "avx2" || which == "avx512" || which == "blas" ||
-                        which == "default",
-                    "_cpu_gemm: which must be 'own', 'avx2', 'avx512', 'blas' or 'default', got '", which, "'");
-  if (!which.empty()) gemm_setting.store(static_cast<int>(parse_gemm_want(which)));
-  return gemm_name(gemm_in_use());
-}
-
-TORCH_LIBRARY_FRAGMENT(mesrgan, m) {
-  m.def("_cpu_tile_isa() -> str", &cpu_tile_isa);
-  m.def("_cpu_gemm(str which=\"\") -> str", &cpu_gemm);
 }
 
 }  // namespace mesrgan
