@@ -22,7 +22,7 @@ at::Tensor depthwise_conv3x3_cpu(const at::Tensor& x_in, const at::Tensor& weigh
                                  const c10::optional<at::Tensor>& bias_in, const std::string& activation,
                                  double negative_slope) {
   check_forward_args(x_in, weight_in, bias_in, activation, negative_slope);
-  const int act = static_cast<int>(parse_activation(activation));
+  const Activation act = parse_activation(activation);
   Layout layout;
   const at::Tensor x = as_kernel_layout(x_in, &layout);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
@@ -103,7 +103,7 @@ std::tuple<at::Tensor, at::Tensor> depthwise_conv3x3_backward_weight_cpu(const a
 at::Tensor depthwise_conv3x3_activation_backward_cpu(const at::Tensor& grad_out_in, const at::Tensor& out_in,
                                                      const std::string& activation, double negative_slope) {
   check_activation_backward_args(grad_out_in, out_in);
-  const int act = static_cast<int>(parse_activation(activation));
+  const Activation act = parse_activation(activation);
   Layout layout;
   const at::Tensor g = as_kernel_layout(grad_out_in, &layout);
   const at::Tensor y = in_layout(out_in, layout);

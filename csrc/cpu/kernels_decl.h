@@ -2,6 +2,7 @@
 #pragma once
 #include <cstdint>
 
+#include "activation.h"
 #include "cpu/isa.h"
 
 namespace mesrgan {
@@ -10,10 +11,10 @@ namespace cpu {
   namespace NS {                                                                                                   \
   template <typename T>                                                                                            \
   void fwd_nchw(const T* x, const T* weight, const T* bias, T* y, int64_t C, int64_t H, int64_t W,                 \
-                int64_t band_rows, int64_t unit_begin, int64_t unit_end, int act, T slope);                        \
+                int64_t band_rows, int64_t unit_begin, int64_t unit_end, Activation act, T slope);                 \
   template <typename T>                                                                                            \
-  void fwd_nhwc(const T* x, const T* wt, const T* bias, T* y, int64_t C, int64_t H, int64_t W, int64_t row_begin, \
-                int64_t row_end, int act, T slope);                                                                \
+  void fwd_nhwc(const T* x, const T* wt, const T* bias, T* y, int64_t C, int64_t H, int64_t W, int64_t row_begin,  \
+                int64_t row_end, Activation act, T slope);                                                         \
   template <typename T>                                                                                            \
   void bwdw_nchw(const T* x, const T* g, int64_t H, int64_t W, int64_t plane_begin, int64_t plane_end,             \
                  double* out);                                                                                     \
@@ -21,7 +22,7 @@ namespace cpu {
   void bwdw_nhwc(const T* x, const T* g, int64_t C, int64_t H, int64_t W, int64_t row_begin, int64_t row_end,      \
                  double* out);                                                                                     \
   template <typename T>                                                                                            \
-  void act_bwd(const T* g, const T* y, T* r, int64_t begin, int64_t end, int act, T slope);                      \
+  void act_bwd(const T* g, const T* y, T* r, int64_t begin, int64_t end, Activation act, T slope);                 \
   }
 MESRGAN_DECLARE(base)
 #ifdef MESRGAN_HAVE_X86_KERNELS
