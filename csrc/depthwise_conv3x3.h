@@ -7,10 +7,9 @@
 #include <cstdint>
 #include <string>
 
-namespace mesrgan {
+#include "activation.h"
 
-// Activation fused into the output write of the forward kernels.
-enum class Activation : int { None = 0, ReLU = 1, ReLU6 = 2, LeakyReLU = 3 };
+namespace mesrgan {
 
 Activation parse_activation(const std::string& name);
 

@@ -1,4 +1,4 @@
-// Tile kernels of the fused bottleneck block (csrc/cpu/bottleneck_block.cpp), in plain C++ with no
+// Tile kernels of the fused bottleneck block (cpu/bottleneck_block_cpu.h), in plain C++ with no
 // torch headers, on channels-last tiles that sit in L1/L2: rows of W pixels, C channels per pixel,
 // channel index fastest. The two 1x1 convolutions of the block are GEMMs done by BLAS; these are the
 // pieces between them: the depthwise 3x3 on a band of rows, its two backward halves, and the

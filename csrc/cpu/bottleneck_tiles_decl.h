@@ -2,6 +2,8 @@
 #pragma once
 #include <cstdint>
 
+#include "cpu/isa.h"
+
 namespace mesrgan {
 namespace cpu {
 #define MESRGAN_DECLARE_TILES(NS)                                                                         \
@@ -27,8 +29,7 @@ namespace cpu {
   }                                                                                                       \
   }
 MESRGAN_DECLARE_TILES(base)
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define MESRGAN_HAVE_AVX_TILES 1
+#ifdef MESRGAN_HAVE_X86_KERNELS
 MESRGAN_DECLARE_TILES(avx2)
 MESRGAN_DECLARE_TILES(avx512)
 #endif

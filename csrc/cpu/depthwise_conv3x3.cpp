@@ -1,38 +1,17 @@
-// CPU backend: picks the layout path and the instruction set, splits the work with at::parallel_for.
+// CPU backend: picks the layout path, splits the work with at::parallel_for; the kernels are
+// cpu/dispatch.h's row for the CPU's instruction set.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 
-#include "cpu/kernels_decl.h"
+#include "cpu/dispatch.h"
 #include "depthwise_conv3x3.h"
 
 namespace mesrgan {
 namespace {
-
-bool use_avx2() {
-#ifdef MESRGAN_HAVE_AVX2_KERNELS
-  // MESRGAN_CPU_ISA=base forces the baseline kernels (for testing both paths on one machine).
-  static const bool ok = [] {
-    const char* isa = std::getenv("MESRGAN_CPU_ISA");
-    if (isa && std::string(isa) == "base") return false;
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return ok;
-#else
-  return false;
-#endif
-}
-
-#ifdef MESRGAN_HAVE_AVX2_KERNELS
-#define MESRGAN_CPU_CALL(fn, ...) (use_avx2() ? cpu::avx2::fn(__VA_ARGS__) : cpu::base::fn(__VA_ARGS__))
-#else
-#define MESRGAN_CPU_CALL(fn, ...) cpu::base::fn(__VA_ARGS__)
-#endif
 
 // Rows per NCHW work unit: a band is enough work to amortise a task, and small planes stay whole.
 constexpr int64_t kBandRows = 32;
@@ -43,7 +22,7 @@ at::Tensor depthwise_conv3x3_cpu(const at::Tensor& x_in, const at::Tensor& weigh
                                  const c10::optional<at::Tensor>& bias_in, const std::string& activation,
                                  double negative_slope) {
   check_forward_args(x_in, weight_in, bias_in, activation, negative_slope);
-  const int act = static_cast<int>(parse_activation(activation));
+  const Activation act = parse_activation(activation);
   Layout layout;
   const at::Tensor x = as_kernel_layout(x_in, &layout);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
@@ -55,19 +34,20 @@ at::Tensor depthwise_conv3x3_cpu(const at::Tensor& x_in, const at::Tensor& weigh
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "depthwise_conv3x3_cpu", [&] {
     const scalar_t slope = static_cast<scalar_t>(negative_slope);
     const scalar_t* bp = has_bias ? bias.data_ptr<scalar_t>() : nullptr;
+    const auto& kernel = cpu::kernels<scalar_t>().depthwise;
     if (layout == Layout::NCHW) {
       const at::Tensor w = weight_in.contiguous();
       const int64_t bands = (H + kBandRows - 1) / kBandRows;
       at::parallel_for(0, N * C * bands, 1, [&](int64_t begin, int64_t end) {
-        MESRGAN_CPU_CALL(fwd_nchw<scalar_t>, x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), bp,
-                         y.data_ptr<scalar_t>(), C, H, W, kBandRows, begin, end, act, slope);
+        kernel.fwd_nchw(x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), bp, y.data_ptr<scalar_t>(), C, H, W,
+                        kBandRows, begin, end, act, slope);
       });
     } else {
       // Tap-major weights (9, C) so that the channel loop reads them contiguously.
       const at::Tensor wt = weight_in.reshape({C, 9}).t().contiguous();
       at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
-        MESRGAN_CPU_CALL(fwd_nhwc<scalar_t>, x.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(), bp,
-                         y.data_ptr<scalar_t>(), C, H, W, begin, end, act, slope);
+        kernel.fwd_nhwc(x.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(), bp, y.data_ptr<scalar_t>(), C, H, W, begin,
+                        end, act, slope);
       });
     }
   });
@@ -92,8 +72,9 @@ std::tuple<at::Tensor, at::Tensor> depthwise_conv3x3_backward_weight_cpu(const a
   } else if (layout == Layout::NCHW) {
     at::Tensor per_plane = at::empty({N, C, 10}, dbl);
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "depthwise_conv3x3_backward_weight_cpu", [&] {
+      const auto& kernel = cpu::kernels<scalar_t>().depthwise;
       at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
-        MESRGAN_CPU_CALL(bwdw_nchw<scalar_t>, x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), H, W, begin, end,
+        kernel.bwdw_nchw(x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), H, W, begin, end,
                          per_plane.data_ptr<double>());
       });
     });
@@ -105,10 +86,11 @@ std::tuple<at::Tensor, at::Tensor> depthwise_conv3x3_backward_weight_cpu(const a
     const int64_t chunks = std::min<int64_t>(rows, 64);
     at::Tensor partial = at::zeros({chunks, 10, C}, dbl);
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "depthwise_conv3x3_backward_weight_cpu", [&] {
+      const auto& kernel = cpu::kernels<scalar_t>().depthwise;
       at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
         for (int64_t k = begin; k < end; ++k) {
           const int64_t r0 = rows * k / chunks, r1 = rows * (k + 1) / chunks;
-          MESRGAN_CPU_CALL(bwdw_nhwc<scalar_t>, x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), C, H, W, r0, r1,
+          kernel.bwdw_nhwc(x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), C, H, W, r0, r1,
                            partial.data_ptr<double>() + k * 10 * C);
         }
       });
@@ -121,16 +103,17 @@ std::tuple<at::Tensor, at::Tensor> depthwise_conv3x3_backward_weight_cpu(const a
 at::Tensor depthwise_conv3x3_activation_backward_cpu(const at::Tensor& grad_out_in, const at::Tensor& out_in,
                                                      const std::string& activation, double negative_slope) {
   check_activation_backward_args(grad_out_in, out_in);
-  const int act = static_cast<int>(parse_activation(activation));
+  const Activation act = parse_activation(activation);
   Layout layout;
   const at::Tensor g = as_kernel_layout(grad_out_in, &layout);
   const at::Tensor y = in_layout(out_in, layout);
   at::Tensor r = empty_output_cpu(g, layout);
   const int64_t n = r.numel();
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "depthwise_conv3x3_activation_backward_cpu", [&] {
+    const auto& kernel = cpu::kernels<scalar_t>().depthwise;
     at::parallel_for(0, n, 1 << 15, [&](int64_t begin, int64_t end) {
-      MESRGAN_CPU_CALL(act_bwd<scalar_t>, g.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(),
-                       begin, end, act, static_cast<scalar_t>(negative_slope));
+      kernel.act_bwd(g.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(), begin, end, act,
+                     static_cast<scalar_t>(negative_slope));
     });
   });
   return r;

@@ -1,4 +1,4 @@
-// The AVX2 GEMM of gemm_avx2.h. A register tile is MR x 16 (MR <= 6 rows, two 8-float vectors a
+// The AVX2 GEMM of gemm.h. A register tile is MR x 16 (MR <= 6 rows, two 8-float vectors a
 // row): 12 accumulators, two B vectors and one broadcast A value fill 15 of the 16 ymm registers.
 // Each tile runs over the whole K (K <= a few hundred here), so the epilogue is applied in registers
 // before the single store. Rows are taken kMC at a time so that those rows of A stay in L2 while
@@ -7,14 +7,13 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "cpu/gemm_avx2.h"
+#include "cpu/gemm.h"
 
 #pragma GCC target("avx2,fma")
 #include <immintrin.h>
 
 namespace mesrgan {
 namespace cpu {
-namespace avx2 {
 namespace gemm {
 namespace {
 
@@ -56,7 +55,7 @@ inline __m256 times_leaky_factor(__m256 v, __m256 sign, __m256 slope) {
 // carries one or two pointer increments, not one per row.
 template <int MR, bool FULL, bool A_ROWS>
 void tile(int64_t K, const float* A, int64_t a_rs, int64_t a_cs, const float* B, int64_t ldb, float* C, int64_t ldc,
-          const Epilogue& ep, int64_t row, int64_t col, int64_t nr) {
+          const Epilogue<float>& ep, int64_t row, int64_t col, int64_t nr) {
   const __m256i m0 = lanes_below(nr), m1 = lanes_below(nr - 8);
   __m256 acc[MR][2];
 #pragma GCC unroll 6
@@ -97,7 +96,7 @@ void tile(int64_t K, const float* A, int64_t a_rs, int64_t a_cs, const float* B,
 }
 
 using TileFn = void (*)(int64_t, const float*, int64_t, int64_t, const float*, int64_t, float*, int64_t,
-                        const Epilogue&, int64_t, int64_t, int64_t);
+                        const Epilogue<float>&, int64_t, int64_t, int64_t);
 
 template <bool FULL, bool A_ROWS>
 TileFn tile_for_rows(int64_t mr) {
@@ -118,8 +117,8 @@ TileFn tile_for(int64_t mr, bool full, bool a_rows) {
 
 }  // namespace
 
-void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t a_rs, int64_t a_cs, const BMatrix& B, float* C,
-          int64_t ldc, const Epilogue& ep) {
+void gemm_avx2(int64_t M, int64_t N, int64_t K, const float* A, int64_t a_rs, int64_t a_cs, const BMatrix& B,
+               float* C, int64_t ldc, const Epilogue<float>& ep) {
   for (int64_t i0 = 0; i0 < M; i0 += kMC) {
     const int64_t i1 = std::min(M, i0 + kMC);
     for (int64_t j = 0; j < N; j += kNR) {
@@ -134,21 +133,7 @@ void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t a_rs, int64_t
   }
 }
 
-int64_t packed_size(int64_t K, int64_t N) { return K * ((N + kNR - 1) / kNR) * kNR; }
-
-BMatrix pack_b(const float* src, int64_t K, int64_t N, int64_t ks, int64_t js, float* dst) {
-  const int64_t panels = (N + kNR - 1) / kNR;
-  for (int64_t p = 0; p < panels; ++p)
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t c = 0; c < kNR; ++c) {
-        const int64_t j = p * kNR + c;
-        dst[(p * K + k) * kNR + c] = j < N ? src[k * ks + j * js] : 0.0f;
-      }
-  return BMatrix{dst, kNR, K * kNR};
-}
-
 }  // namespace gemm
-}  // namespace avx2
 }  // namespace cpu
 }  // namespace mesrgan
 #endif

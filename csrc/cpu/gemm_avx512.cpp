@@ -1,5 +1,5 @@
-// The AVX-512 GEMM of gemm_avx2.h (same B layout, same epilogue). A register tile is MR x 32 (MR <= 12
-// rows, two 16-float vectors a row, read from two neighbouring 16-column panels of B): 24
+// The AVX-512 GEMM of gemm.h (the AVX2 one's B layout and epilogue). A register tile is MR x 32
+// (MR <= 12 rows, two 16-float vectors a row, read from two neighbouring 16-column panels of B): 24
 // accumulators and two B vectors, with A's values broadcast straight from memory into the FMAs. The
 // last 16 columns of an odd panel count take an MR x 16 tile. As in the AVX2 kernel, a tile runs over
 // the whole K and applies the epilogue in registers before its single store; masked edges use
@@ -11,20 +11,15 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "cpu/gemm_avx2.h"
+#include "cpu/gemm.h"
 
 #pragma GCC target("avx512f,avx2,fma")
 #include <immintrin.h>
 
 namespace mesrgan {
 namespace cpu {
-namespace avx512 {
 namespace gemm {
 namespace {
-
-using avx2::gemm::BMatrix;
-using avx2::gemm::Epilogue;
-using avx2::gemm::kNR;
 
 constexpr int kMR = 12;
 constexpr int64_t kMC = 72;  // rows per L2 block of A
@@ -45,7 +40,7 @@ inline __m512 times_leaky_factor(__m512 v, __m512 sign, __m512 slope) {
 // matrix. FULL: all 16 NV columns are inside (no masks). A_ROWS as in the AVX2 kernel.
 template <int MR, int NV, bool FULL, bool A_ROWS>
 void tile(int64_t K, const float* A, int64_t a_rs, int64_t a_cs, const float* B0, const float* B1, int64_t ldb,
-          float* C, int64_t ldc, const Epilogue& ep, int64_t row, int64_t col, int64_t nr) {
+          float* C, int64_t ldc, const Epilogue<float>& ep, int64_t row, int64_t col, int64_t nr) {
   const __mmask16 m[2] = {lanes_below(nr), lanes_below(nr - 16)};
   __m512 acc[MR][NV];
 #pragma GCC unroll 12
@@ -94,7 +89,7 @@ void tile(int64_t K, const float* A, int64_t a_rs, int64_t a_cs, const float* B0
 }
 
 using TileFn = void (*)(int64_t, const float*, int64_t, int64_t, const float*, const float*, int64_t, float*,
-                        int64_t, const Epilogue&, int64_t, int64_t, int64_t);
+                        int64_t, const Epilogue<float>&, int64_t, int64_t, int64_t);
 
 template <int NV, bool FULL, bool A_ROWS, int MR = kMR>
 TileFn tile_for_rows(int64_t mr) {
@@ -113,8 +108,8 @@ TileFn tile_for(int64_t mr, bool full, bool a_rows) {
 
 }  // namespace
 
-void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t a_rs, int64_t a_cs, const BMatrix& B, float* C,
-          int64_t ldc, const Epilogue& ep) {
+void gemm_avx512(int64_t M, int64_t N, int64_t K, const float* A, int64_t a_rs, int64_t a_cs, const BMatrix& B,
+                 float* C, int64_t ldc, const Epilogue<float>& ep) {
   for (int64_t i0 = 0; i0 < M; i0 += kMC) {
     const int64_t i1 = std::min(M, i0 + kMC);
     for (int64_t j = 0; j < N; j += 2 * kNR) {
@@ -130,7 +125,6 @@ void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t a_rs, int64_t
 }
 
 }  // namespace gemm
-}  // namespace avx512
 }  // namespace cpu
 }  // namespace mesrgan
 #endif

@@ -19,6 +19,8 @@
 #include <new>
 #include <type_traits>
 
+#include "activation.h"
+
 #ifndef MESRGAN_CPU_NS
 #error "define MESRGAN_CPU_NS before including kernels.h"
 #endif
@@ -55,33 +57,32 @@ static inline V splat(T s) {
   return V{} + s;
 }
 
-// act: 0 none, 1 relu, 2 relu6, 3 leaky_relu (matches mesrgan::Activation). Comparisons are written
-// so that NaN falls through unchanged, as in F.relu / F.relu6 / F.leaky_relu.
+// Comparisons are written so that NaN falls through unchanged, as in F.relu / F.relu6 / F.leaky_relu.
 template <typename T, typename V>
-static inline V activate(V v, int act, T slope) {
+static inline V activate(V v, Activation act, T slope) {
   const V zero = V{};
   switch (act) {
-    case 1:
+    case Activation::ReLU:
       return v < zero ? zero : v;
-    case 2: {
+    case Activation::ReLU6: {
       const V six = splat<V>(T(6));
       v = v < zero ? zero : v;
       return v > six ? six : v;
     }
-    case 3:
+    case Activation::LeakyReLU:
       return v < zero ? v * slope : v;
     default:
       return v;
   }
 }
 template <typename T>
-static inline T activate_scalar(T v, int act, T slope) {
+static inline T activate_scalar(T v, Activation act, T slope) {
   switch (act) {
-    case 1:
+    case Activation::ReLU:
       return v < T(0) ? T(0) : v;
-    case 2:
+    case Activation::ReLU6:
       return v < T(0) ? T(0) : (v > T(6) ? T(6) : v);
-    case 3:
+    case Activation::LeakyReLU:
       return v < T(0) ? v * slope : v;
     default:
       return v;
@@ -160,7 +161,7 @@ struct PaddedRows {
 // weight: C*9 (as stored by Conv2d), bias: C or null.
 template <typename T>
 void fwd_nchw(const T* x, const T* weight, const T* bias, T* y, int64_t C, int64_t H, int64_t W, int64_t band_rows,
-              int64_t unit_begin, int64_t unit_end, int act, T slope) {
+              int64_t unit_begin, int64_t unit_end, Activation act, T slope) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::L;
   PaddedRows<T> rows(W, L);
@@ -245,7 +246,7 @@ static inline int64_t nhwc_chunk_width(int64_t C, int64_t W) {
 // overlapping full block ending at C, which rewrites a few channels with the same values.
 template <typename T, bool TOP, bool BOT>
 static inline void fwd_nhwc_pos(const T* r0, const T* r1, const T* r2, const T* wt, const T* bias, T* y, int64_t C,
-                                bool left, bool right, int act, T slope) {
+                                bool left, bool right, Activation act, T slope) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::L;
   // Per-row partial sums: independent dependency chains. Column taps vanish at the image's edges.
@@ -270,7 +271,7 @@ static inline void fwd_nhwc_pos(const T* r0, const T* r1, const T* r2, const T* 
 // left: w > 0; right: w + 2 < W.
 template <typename T, bool TOP, bool BOT>
 static inline void fwd_nhwc_pair(const T* r0, const T* r1, const T* r2, const T* wt, const T* bias, T* y, int64_t C,
-                                 bool left, bool right, int act, T slope) {
+                                 bool left, bool right, Activation act, T slope) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::L;
   auto row = [&](const T* r, int i, int64_t c, V& s0, V& s1) {
@@ -300,7 +301,7 @@ static inline void fwd_nhwc_pair(const T* r0, const T* r1, const T* r2, const T*
 // Forward, NHWC-contiguous. Work unit = one output row (n, h). wt: 9*C (tap-major), bias: C or null.
 template <typename T>
 void fwd_nhwc(const T* x, const T* wt, const T* bias, T* y, int64_t C, int64_t H, int64_t W, int64_t row_begin,
-              int64_t row_end, int act, T slope) {
+              int64_t row_end, Activation act, T slope) {
   constexpr int L = Vec<T>::L;
   const int64_t rowlen = W * C;
   for (int64_t r = row_begin; r < row_end; ++r) {
@@ -520,19 +521,19 @@ void bwdw_nhwc(const T* x, const T* g, int64_t C, int64_t H, int64_t W, int64_t 
 // (a branch on the random signs of y would be mispredicted half the time).
 template <typename T>
 void act_bwd(const T* __restrict__ g, const T* __restrict__ y, T* __restrict__ r, int64_t begin, int64_t end,
-             int act, T slope) {
+             Activation act, T slope) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::L;
-  if (act == 0) {
+  if (act == Activation::None) {
     std::memcpy(r + begin, g + begin, sizeof(T) * (end - begin));
     return;
   }
   const V zero = V{}, six = splat<V>(T(6)), slope_v = splat<V>(slope);
   // Selects, not products, outside the active region: a NaN gradient there becomes 0, as in torch.
   auto grad_at = [&](V gv, V yv) {
-    const V off = act == 3 ? gv * slope_v : zero;
+    const V off = act == Activation::LeakyReLU ? gv * slope_v : zero;
     V out = yv > zero ? gv : off;
-    if (act == 2) out = yv < six ? out : zero;
+    if (act == Activation::ReLU6) out = yv < six ? out : zero;
     return out;
   };
   int64_t i = begin;
@@ -548,11 +549,12 @@ void act_bwd(const T* __restrict__ g, const T* __restrict__ y, T* __restrict__ r
 
 #define MESRGAN_INSTANTIATE(T)                                                                                      \
   template void fwd_nchw<T>(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, \
-                            int, T);                                                                                \
-  template void fwd_nhwc<T>(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t, int, T); \
+                            Activation, T);                                                                         \
+  template void fwd_nhwc<T>(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t,          \
+                            Activation, T);                                                                         \
   template void bwdw_nchw<T>(const T*, const T*, int64_t, int64_t, int64_t, int64_t, double*);                      \
-  template void bwdw_nhwc<T>(const T*, const T*, int64_t, int64_t, int64_t, int64_t, int64_t, double*);        \
-  template void act_bwd<T>(const T*, const T*, T*, int64_t, int64_t, int, T);
+  template void bwdw_nhwc<T>(const T*, const T*, int64_t, int64_t, int64_t, int64_t, int64_t, double*);             \
+  template void act_bwd<T>(const T*, const T*, T*, int64_t, int64_t, Activation, T);
 
 MESRGAN_INSTANTIATE(float)
 MESRGAN_INSTANTIATE(double)

@@ -21,13 +21,13 @@ namespace cuda {
                                          AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
 
 // NaN falls through each activation unchanged, as in F.relu / F.relu6 / F.leaky_relu.
-__device__ __forceinline__ float activate(float v, int act, float slope) {
+__device__ __forceinline__ float activate(float v, Activation act, float slope) {
   switch (act) {
-    case 1:
+    case Activation::ReLU:
       return v < 0.f ? 0.f : v;
-    case 2:
+    case Activation::ReLU6:
       return v < 0.f ? 0.f : (v > 6.f ? 6.f : v);
-    case 3:
+    case Activation::LeakyReLU:
       return v < 0.f ? v * slope : v;
     default:
       return v;

@@ -22,7 +22,7 @@ template <typename scalar_t>
 __global__ void __launch_bounds__(kTileW* kBlockY)
     fwd_nchw_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ weight,
                     const scalar_t* __restrict__ bias, scalar_t* __restrict__ y, int64_t C, int64_t H, int64_t W,
-                    int64_t tiles_w, int act, float slope) {
+                    int64_t tiles_w, Activation act, float slope) {
   __shared__ float tile[kTileH + 2][kTileW + 2];
   const int64_t plane = blockIdx.x / tiles_w;
   const int64_t w0 = (blockIdx.x % tiles_w) * kTileW;
@@ -76,7 +76,7 @@ template <typename scalar_t, int VEC>
 __global__ void __launch_bounds__(256)
     fwd_nhwc_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ weight,
                     const scalar_t* __restrict__ bias, scalar_t* __restrict__ y, int64_t C, int64_t H, int64_t W,
-                    int64_t rows, int act, float slope) {
+                    int64_t rows, Activation act, float slope) {
   using P = Pack<scalar_t, VEC>;
   const int64_t packs = C / VEC;
   const int64_t strips = (W + kStrip - 1) / kStrip;
@@ -143,8 +143,8 @@ __global__ void __launch_bounds__(256)
 }
 
 template <typename scalar_t, int VEC>
-void launch_nhwc(const at::Tensor& x, const at::Tensor& w, const scalar_t* bp, at::Tensor& y, int act, float slope,
-                 cudaStream_t stream) {
+void launch_nhwc(const at::Tensor& x, const at::Tensor& w, const scalar_t* bp, at::Tensor& y, Activation act,
+                 float slope, cudaStream_t stream) {
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t total = N * H * ((W + kStrip - 1) / kStrip) * (C / VEC);
   const int threads = 256;
@@ -157,14 +157,14 @@ void launch_nhwc(const at::Tensor& x, const at::Tensor& w, const scalar_t* bp, a
 
 template <typename scalar_t>
 __global__ void activation_backward_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ y,
-                                           scalar_t* __restrict__ r, int64_t n, int act, float slope) {
+                                           scalar_t* __restrict__ r, int64_t n, Activation act, float slope) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const float gv = static_cast<float>(g[i]), yv = static_cast<float>(y[i]);
     float out = gv;
-    if (act == 1) out = yv > 0.f ? gv : 0.f;
-    else if (act == 2) out = (yv > 0.f && yv < 6.f) ? gv : 0.f;
-    else if (act == 3) out = yv > 0.f ? gv : gv * slope;
+    if (act == Activation::ReLU) out = yv > 0.f ? gv : 0.f;
+    else if (act == Activation::ReLU6) out = (yv > 0.f && yv < 6.f) ? gv : 0.f;
+    else if (act == Activation::LeakyReLU) out = yv > 0.f ? gv : gv * slope;
     r[i] = static_cast<scalar_t>(out);
   }
 }
@@ -175,7 +175,7 @@ at::Tensor depthwise_conv3x3_activation_backward_cuda(const at::Tensor& grad_out
                                                       const std::string& activation, double negative_slope) {
   check_activation_backward_args(grad_out_in, out_in);
   const c10::cuda::CUDAGuard guard(grad_out_in.device());
-  const int act = static_cast<int>(parse_activation(activation));
+  const Activation act = parse_activation(activation);
   Layout layout;
   const at::Tensor g = as_kernel_layout(grad_out_in, &layout);
   const at::Tensor y = in_layout(out_in, layout);
@@ -198,7 +198,7 @@ at::Tensor depthwise_conv3x3_cuda(const at::Tensor& x_in, const at::Tensor& weig
                                   double negative_slope) {
   check_forward_args(x_in, weight_in, bias_in, activation, negative_slope);
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const int act = static_cast<int>(parse_activation(activation));
+  const Activation act = parse_activation(activation);
   Layout layout;
   const at::Tensor x = as_kernel_layout(x_in, &layout);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);

@@ -1,7 +1,7 @@
 """Python face of ``torch.ops.mesrgan.bottleneck_block``: the fused MobileNetV2 bottleneck block.
 
 One call computes ``1x1 expand + bias -> LeakyReLU -> depthwise 3x3 + bias -> LeakyReLU ->
-1x1 project + bias (+ x)``. The CPU kernel (csrc/cpu/bottleneck_block.cpp) works in bands of rows
+1x1 project + bias (+ x)``. The CPU kernel (csrc/cpu/bottleneck_*) works in bands of rows
 with their halo, so the hidden tensor (``hidden`` channels at full resolution) never goes to memory
 at full size; its backward recomputes the hidden activations band by band instead of storing them.
 Autograd is registered in C++ (csrc/autograd_bottleneck.cpp). Double backward is refused with an
