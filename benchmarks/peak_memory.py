@@ -64,11 +64,12 @@ def measure(model, impl, batch, lr, threads, cache_mb=None):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
-    p.add_argument("--models", default=",".join(MODELS))
-    p.add_argument("--batches", default="4,16")
-    p.add_argument("--lr", type=int, default=32)
-    p.add_argument("--threads", type=int, default=2)
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="python -m benchmarks.peak_memory",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated (default: all: {', '.join(MODELS)})")
+    p.add_argument("--batches", default="4,16", help="comma-separated batch sizes (default 4,16)")
+    p.add_argument("--lr", type=int, default=32, help="LR side of the random input (default 32)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads in each measuring process (default 2)")
     args = p.parse_args(argv)
     if not os.path.exists("/proc/self/clear_refs"):
         sys.exit("peak_memory: needs Linux's /proc/self/clear_refs")
@@ -80,6 +81,9 @@ def main(argv=None):
     print("|---|---:|---:|---:|---:|---:|")
     for model in models:
         for batch in (int(b) for b in args.batches.split(",")):
+            # progress on stderr: each measurement is a fresh process, minutes in all at batch 16
+            print(f"measuring {model} batch {batch}: impl=torch, ours, ours without the cache ...",
+                  file=sys.stderr, flush=True)
             torch_mib = measure(model, "torch", batch, args.lr, args.threads)["peak_step_mib"]
             ours = measure(model, "auto", batch, args.lr, args.threads)["peak_step_mib"]
             ours_nocache = measure(model, "auto", batch, args.lr, args.threads, cache_mb=0)["peak_step_mib"]

@@ -189,17 +189,19 @@ def plot(rows, path):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
-    p.add_argument("--models", default=",".join(MODELS))
-    p.add_argument("--impl", default="auto", choices=("auto", "mesrgan", "torch"))
-    p.add_argument("--lr", type=int, default=32)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--train-batch", type=int, default=4)
-    p.add_argument("--threads", type=int, default=2)
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="python -m benchmarks.profile_models",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated (default: {', '.join(MODELS)})")
+    p.add_argument("--impl", default="auto", choices=("auto", "mesrgan", "torch"),
+                   help="the MESRGAN models' depthwise / fused implementation (default auto)")
+    p.add_argument("--lr", type=int, default=32, help="LR side of the random input (default 32)")
+    p.add_argument("--batch", type=int, default=16, help="forward batch (default 16)")
+    p.add_argument("--train-batch", type=int, default=4, help="training-step batch (default 4)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--precision", choices=("fp32", "bf16", "both"), default="both",
                    help="fp32, bf16 (torch.autocast on the CPU), or both (default)")
-    p.add_argument("--json")
-    p.add_argument("--plot")
+    p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    p.add_argument("--plot", metavar="PNG", help="also draw a stacked bar chart (matplotlib)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     models = [m.strip() for m in args.models.split(",") if m.strip()]

@@ -56,11 +56,14 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def build_parser():
-    p = argparse.ArgumentParser(allow_abbrev=False, prog="python -m benchmarks.quality", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--iters", type=int, default=1000, help="training iterations per stage and model (default 1000)")
-    p.add_argument("--batch", type=int, default=4, help="batch size (default 4)")
-    p.add_argument("--crop", type=int, default=64, help="HR crop side, a multiple of 4 (default 64)")
+    # the docstring's first line is its first paragraph's start: the epilog gives the rest once
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="python -m benchmarks.quality",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, description=__doc__)
+    p.add_argument("--psnr-iters", "--iters", dest="iters", type=int, default=1000,
+                   help="training iterations per stage and model, as train's --psnr-iters (default 1000)")
+    p.add_argument("--batch-size", "--batch", dest="batch", type=int, default=4, help="batch size (default 4)")
+    p.add_argument("--crop-size", "--crop", dest="crop", type=int, default=64,
+                   help="HR crop side, a multiple of 4 (default 64)")
     p.add_argument("--eval-every", type=int, default=100, help="validation interval in iterations (default 100)")
     p.add_argument("--val-max-size", type=int, default=192,
                    help="centre-crop the validation images of the learning curve to this side (default 192; 0 = whole)")
@@ -70,7 +73,7 @@ def build_parser():
     p.add_argument("--val-data", metavar="DIR",
                    help="held-out HR folder (default: the bundled held-out photographs chelsea and rocket)")
     p.add_argument("--vgg-weights", metavar="PATH", help="torchvision's vgg19-dcbb9e9d.pth: runs stage 2 as well")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the training seed of every model (default 0)")
     p.add_argument("--out", default=os.path.join("runs", "quality"), help="run folder (default runs/quality)")
     p.add_argument("--results", help="Markdown file to put the table in (default: RESULTS.md in --out; "
                                       "benchmarks/RESULTS.md with --update)")

@@ -21,7 +21,7 @@ import torch
 from .atomic import write_text_atomic  # noqa: F401  (re-exported for the programs)
 from .models import CheckpointError, load_generator
 
-__all__ = ["UsageError", "resolve_device", "load_checkpoint", "int_range", "float_range", "check_dir", "check_file", "prepare_dir", "prepare_file", "write_text_atomic",
+__all__ = ["UsageError", "resolve_device", "weights_file", "load_checkpoint", "int_range", "float_range", "check_dir", "check_file", "prepare_dir", "prepare_file", "write_text_atomic",
            "output_stems", "check_finite_weights", "run_program", "Stopped", "DTYPES", "DTYPE_HELP", "resolve_dtype"]
 
 
@@ -43,14 +43,31 @@ def resolve_device(name: str, flag: str = "--device") -> torch.device:
     return device
 
 
+#: the generator a run folder given as --weights stands for, best first
+RUN_FOLDER_WEIGHTS = ("best.pt", "stage1_best.pt", "last.pt")
+
+
+def weights_file(weights: str) -> str:
+    """``--weights``: a checkpoint file, or a training run folder, which stands for its best
+    generator: ``best.pt`` (stage 2's, or stage 1's when stage 2 never ran), else ``stage1_best.pt``
+    (stage 1 ended without VGG weights), else ``last.pt``."""
+    if not os.path.isdir(weights):
+        return weights
+    for name in RUN_FOLDER_WEIGHTS:
+        if os.path.isfile(os.path.join(weights, name)):
+            return os.path.join(weights, name)
+    raise UsageError(f"--weights: {weights!r} is a folder without a run's checkpoint ({', '.join(RUN_FOLDER_WEIGHTS)}); "
+                     "pass a checkpoint file or a training run folder")
+
+
 def load_checkpoint(weights: str, model: str | None, device, scale: int | None = None):
     """``mesrgan.models.load_generator`` for the command-line programs, its errors turned into
     one-line :class:`UsageError` messages. Returns ``(generator, info, scale)``; ``scale`` is the
-    checkpoint's (or the given one, or 4), and a given one that differs is an error."""
+    checkpoint's (or the given one, or 4), and a given one that differs is an error. ``weights``
+    may be a run folder (:func:`weights_file`)."""
+    weights = weights_file(weights)
     if not os.path.exists(weights):
         raise UsageError(f"--weights: checkpoint {weights!r} does not exist")
-    if os.path.isdir(weights):
-        raise UsageError(f"--weights: {weights!r} is a folder; pass a checkpoint file (e.g. runs/NAME/best.pt)")
     try:
         generator, info = load_generator(weights, model=model, device=device)
     except CheckpointError as e:  # already names the file and what it holds

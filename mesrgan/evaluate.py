@@ -1,12 +1,12 @@
 """Measure a generator on a test set: PSNR / SSIM / RMSE / NIQE per image and their mean, beside bicubic.
 
-    python -m mesrgan.evaluate --weights CKPT [--model NAME] [--data DIR] [--scale S] [--lr-data DIR]
+    python -m mesrgan.evaluate --weights CKPT [--model NAME] [--data DIR] [--scale S] [--data-lr DIR]
                                [--save-dir DIR] [--json FILE] [--device DEV] [--metrics standard|paper]
                                [--max-pixels N]
 
 For each HR image of ``--data`` (the held-out bundled photographs when it is left out), the HR is
 cropped to a multiple of the scale, LR = MATLAB-style bicubic downscaling of HR rounded to 8 bits
-(or the image of the same name in ``--lr-data``), SR = the generator's output rounded to 8 bits,
+(or the image of the same name in ``--data-lr``), SR = the generator's output rounded to 8 bits,
 and the bicubic baseline = bicubic upscaling of LR rounded to 8 bits.
 
 Metric conventions (see :mod:`mesrgan.metrics`):
@@ -39,9 +39,9 @@ import time
 import numpy as np
 import torch
 
-from .cli import (DTYPE_HELP, DTYPES, UsageError, check_dir, check_file, check_finite_weights, int_range,
+from .cli import (DTYPES, DTYPE_HELP, UsageError, check_dir, check_file, check_finite_weights, int_range,
                   load_checkpoint, output_stems, prepare_dir, prepare_file, resolve_device, resolve_dtype,
-                  run_program, write_text_atomic)
+                  run_program, weights_file, write_text_atomic)
 from .imageio import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, ImageReadError, is_image_file, read_image, write_image
 from .inference import upscale_tensor
 from .metrics import niqe, psnr, rmse, ssim
@@ -67,14 +67,15 @@ def build_parser():
         description="PSNR / SSIM / RMSE / NIQE of a super-resolution generator on a set of HR images, "
                     "beside the bicubic baseline.")
     p.add_argument("--weights", required=True, metavar="CKPT",
-                   help="generator checkpoint: ours (last.pt, best.pt, generator .pt), a bare state dict, "
+                   help="generator checkpoint: ours (last.pt, best.pt, generator .pt) or a training run folder (its "
+                        "best.pt, else stage1_best.pt, else last.pt), a bare state dict, "
                         "or published ESRGAN RRDBNet weights")
     p.add_argument("--model", default=None, help="preset name, needed only when the checkpoint does not say")
     p.add_argument("--data", default=None, metavar="DIR",
                    help="folder of HR images (default: the held-out bundled photographs)")
     p.add_argument("--scale", type=int, choices=(1, 2, 4), default=None,
                    help="upscaling factor; must match the checkpoint's (default: the checkpoint's)")
-    p.add_argument("--lr-data", default=None, metavar="DIR",
+    p.add_argument("--data-lr", "--lr-data", dest="lr_data", default=None, metavar="DIR",
                    help="folder of paired LR images (same file stem, optionally with an x<scale> suffix); "
                         "default: bicubic downscaling of each HR image")
     p.add_argument("--save-dir", default=None, metavar="DIR",
@@ -128,7 +129,7 @@ def _list_images(folder, what):
 def _lr_index(folder, scale):
     """stem -> path of the LR images, under their own stem and with x<scale> suffixes removed."""
     index = {}
-    for path in _list_images(folder, "--lr-data"):
+    for path in _list_images(folder, "--data-lr"):
         stem = os.path.splitext(os.path.basename(path))[0]
         index.setdefault(stem, path)
         for suffix in (f"x{scale}", f"_x{scale}", f"_X{scale}", f"X{scale}", "_LR", "_lr"):
@@ -191,7 +192,7 @@ def evaluate_images(generator, images, *, scale, lr_images=None, convention="sta
             hr = hr[:h, :w]
             if lr_images is not None:
                 if name not in lr_images:
-                    raise ValueError("no paired LR image of that name in --lr-data")
+                    raise ValueError("no paired LR image of that name in --data-lr")
                 lr_u8 = lr_images[name]
                 lr_u8 = lr_u8() if callable(lr_u8) else lr_u8
                 lh, lw = lr_u8.shape[:2]
@@ -286,6 +287,7 @@ def run(args):
     if args.json is not None:
         check_file(args.json, "--json")
     device = resolve_device(args.device)
+    args.weights = weights_file(args.weights)  # a run folder stands for its best generator
     generator, info, scale = load_checkpoint(args.weights, args.model, device, args.scale)
     check_finite_weights(generator, "--weights", args.weights)
     generator = generator.to(dtype=resolve_dtype(args.dtype, device))
@@ -325,7 +327,7 @@ def run(args):
     conv = CONVENTIONS[args.metrics]
     text = conv["text"].format(crop=scale)
     title = f"{info['model']} x{scale} ({args.weights}) on {len(rows)} image{'s' if len(rows) != 1 else ''} " \
-            f"from {source}; LR = {'--lr-data' if lr_images is not None else 'bicubic(HR)'}"
+            f"from {source}; LR = {'--data-lr' if lr_images is not None else 'bicubic(HR)'}"
     print(format_table(rows, title, text, _pi_line(rows, ma_missing)))
     if failures:
         print(f"\n{len(failures)} image(s) failed:", file=sys.stderr)

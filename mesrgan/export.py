@@ -18,8 +18,8 @@ import argparse
 import importlib.util
 import sys
 
-from .cli import UsageError, check_file, float_range, int_range, load_checkpoint, prepare_file, run_program
-
+from .cli import (UsageError, check_file, float_range, int_range, load_checkpoint, prepare_file, run_program,
+                  weights_file)
 __all__ = ["main"]
 
 
@@ -27,7 +27,8 @@ def build_parser():
     p = argparse.ArgumentParser(allow_abbrev=False, prog="python -m mesrgan.export",
                                 description="Export a SRGAN / ESRGAN / MESRGAN generator checkpoint to ONNX.")
     p.add_argument("--weights", required=True, metavar="CKPT",
-                   help="generator checkpoint: ours, a bare state dict, or published ESRGAN / Real-ESRGAN weights")
+                   help="generator checkpoint: ours or a training run folder (its best generator), a bare state dict, "
+                        "or published ESRGAN / Real-ESRGAN weights")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="the .onnx file to write")
     p.add_argument("--model", default=None, help="preset name, needed only when the checkpoint does not say")
     p.add_argument("--opset", type=int_range(18, 30), default=None,
@@ -57,6 +58,7 @@ def run(args):
     if opset > newest:
         raise UsageError(f"--opset {opset}: the installed onnx {onnx.__version__} knows opsets up to {newest}")
     check_file(args.output, "-o")
+    args.weights = weights_file(args.weights)  # a run folder stands for its best generator
     generator, info, scale = load_checkpoint(args.weights, args.model, "cpu")
     prepare_file(args.output, "-o")
     print(f"exporting {info['model']} x{scale} from {args.weights} (opset {opset}) ...", file=sys.stderr, flush=True)

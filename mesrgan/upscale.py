@@ -24,9 +24,9 @@ import time
 
 import torch
 
-from .cli import (DTYPE_HELP, DTYPES, UsageError, check_dir, check_file, check_finite_weights, int_range,
+from .cli import (DTYPES, DTYPE_HELP, UsageError, check_dir, check_file, check_finite_weights, int_range,
                   load_checkpoint, output_stems, prepare_dir, prepare_file, resolve_device, resolve_dtype,
-                  run_program)
+                  run_program, weights_file)
 from .imageio import (DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, ImageReadError, is_image_file, read_image_samples,
                       write_image)
 from .inference import upscale_tensor  # noqa: F401  (re-exported: mesrgan.upscale.upscale_tensor)
@@ -49,7 +49,8 @@ def build_parser():
                         "(a_jpg_x4.png, a_png_x4.png). An existing output of the same name is replaced, whole "
                         "(written to a temporary file, then renamed), and the progress line says so")
     p.add_argument("--weights", required=True, metavar="CKPT",
-                   help="generator checkpoint: ours (last.pt, best.pt, generator .pt), a bare state dict, "
+                   help="generator checkpoint: ours (last.pt, best.pt, generator .pt) or a training run folder (its "
+                        "best.pt, else stage1_best.pt, else last.pt), a bare state dict, "
                         "or published ESRGAN RRDBNet weights")
     p.add_argument("--model", default=None, help="preset name, needed only when the checkpoint does not say "
                    "(srgan, esrgan, mesrgan, esrgan-paper, mesrgan-paper)")
@@ -186,6 +187,7 @@ def run(args):
     dtype = _resolve_dtype(args, device)
     jobs = _collect_inputs(args.inputs)
     single_file_output = _check_output(args, jobs)
+    args.weights = weights_file(args.weights)  # a run folder stands for its best generator
     generator, info, _ = load_checkpoint(args.weights, args.model, device, args.scale)
     check_finite_weights(generator, "--weights", args.weights)
     generator = generator.to(dtype=dtype)

@@ -178,3 +178,19 @@ def test_ctrl_c_while_importing_gives_one_line(tmp_path):
     assert p.returncode == 130, (p.returncode, err)
     assert "Traceback" not in err and "interrupted" in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_the_readmes_next_commands_work_after_stage_1_stops_for_vgg(assets, tmp_path, monkeypatch, capsys):
+    """The main job without VGG19 weights ends after stage 1 (exit 3) with stage1_best.pt and no best.pt;
+    `evaluate` / `upscale` / `export --weights RUN_FOLDER` take that folder's best generator."""
+    from mesrgan import evaluate as E
+    from test_train import _without
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # an empty hub cache
+    out = tmp_path / "run"
+    args = _without(tiny(assets, out), "--vgg-weights")
+    assert T.main(args) == 3
+    assert (out / "stage1_best.pt").is_file() and not (out / "best.pt").exists()
+    capsys.readouterr()
+    assert E.main(["--weights", str(out), "--data", assets["val"], "-q"]) == 0
+    assert "PSNR" in capsys.readouterr().out

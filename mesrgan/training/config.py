@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", choices=MODELS, help="network to train (default: mesrgan)")
     g.add_argument("--config", metavar="FILE", help="TOML file with the same keys as the flags "
                    "(dashes -> underscores; tables [generator] and [discriminator])")
-    g.add_argument("--out", metavar="DIR", help="run folder (default: runs/<model>, with --quick runs/<model>-quick)")
+    g.add_argument("--out", "-o", "--output", dest="out", metavar="DIR", help="run folder (default: runs/<model>, with --quick runs/<model>-quick)")
     g.add_argument("--stage", choices=("psnr", "gan", "all"), help=f"which stage(s) to run {d('stage')}")
     g.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     g.add_argument("--overwrite", action="store_true",
