@@ -42,6 +42,7 @@ import torch
 from .cli import (DTYPES, DTYPE_HELP, UsageError, check_dir, check_file, check_finite_weights, int_range,
                   load_checkpoint, output_stems, prepare_dir, prepare_file, resolve_device, resolve_dtype,
                   run_program, weights_file, write_text_atomic)
+from .data import bundled_images, imresize
 from .imageio import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, ImageReadError, is_image_file, read_image, write_image
 from .inference import upscale_tensor
 from .metrics import niqe, psnr, rmse, ssim
@@ -178,8 +179,6 @@ def evaluate_images(generator, images, *, scale, lr_images=None, convention="sta
         ``(rows, failures)``: rows are dicts ``{"name", "size": [W, H], "sr": {...}, "bicubic": {...},
         "seconds"}``; failures are ``(name, message)`` pairs.
     """
-    from .data import imresize
-
     rows, failures = [], []
     images = list(images)
     for i, (name, hr) in enumerate(images, 1):
@@ -299,7 +298,6 @@ def run(args):
         images = [(names[p], _hr_reader(p, args.max_pixels)) for p in paths]
         source = args.data
     else:
-        from .data import bundled_images
         try:
             images = bundled_images("val")
         except RuntimeError as e:

@@ -1,7 +1,7 @@
 // Tile kernels of the fused bottleneck block (cpu/bottleneck_block_cpu.h), in plain C++ with no
 // torch headers, on channels-last tiles that sit in L1/L2: rows of W pixels, C channels per pixel,
-// channel index fastest. The two 1x1 convolutions of the block are GEMMs done by BLAS; these are the
-// pieces between them: the depthwise 3x3 on a band of rows, its two backward halves, and the
+// channel index fastest. The two 1x1 convolutions of the block are GEMMs (cpu/gemm.h: our AVX2 /
+// AVX-512 kernels, or BLAS); these are the pieces between them: the depthwise 3x3 on a band of rows, its two backward halves, and the
 // bias / LeakyReLU epilogues.
 //
 // Compiled once per instruction set (bottleneck_tiles_{base,avx2,avx512}.cpp), each time inside its

@@ -5,7 +5,7 @@ checkpoints: ``conv_first``, ``body.{i}.rdb{j}.conv{k}``, ``conv_body``, ``conv_
 ``conv_hr``, ``conv_last``. MESRGAN keeps the names and turns every ``conv{k}`` into a bottleneck
 block (``conv{k}.expand``, ``conv{k}.dw``, ``conv{k}.project``).
 
-The "-paper" generators (DESIGN.md §3) put an SRResNet skeleton — 9×9 head + PReLU, pixel-shuffle
+The "-paper" generators (as the MESRGAN authors' published code builds them) put an SRResNet skeleton — 9×9 head + PReLU, pixel-shuffle
 upsamplers with PReLU, 9×9 tail — around one residual group of 16 dense blocks with 0.2 scaling.
 """
 import math

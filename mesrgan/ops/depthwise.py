@@ -1,8 +1,9 @@
-"""Python face of ``torch.ops.mesrgan.depthwise_conv3x3``: fake kernels, autograd, ``nn.Module``.
+"""Python face of ``torch.ops.mesrgan.depthwise_conv3x3``: fake kernels, the function, ``nn.Module``.
 
 The compiled ops do the forward (convolution + bias + activation in one pass), the activation's
-backward and the weight / bias reduction. The backward is assembled here from those three ops
-only, so that every derivative of every order runs through compiled kernels:
+backward and the weight / bias reduction. The autograd, registered in C++ (csrc/autograd.cpp),
+builds the backward from those three ops only, so that every derivative of every order runs
+through compiled kernels:
 
 * grad_input  = depthwise_conv3x3(grad_pre, weight rotated 180°)   (the forward op again)
 * grad_weight, grad_bias = depthwise_conv3x3_backward_weight(x, grad_pre)

@@ -13,8 +13,9 @@ import warnings
 import torch
 
 from .. import losses as L
-from ..data import CropDataset, bundled_images, find_images, load_image, prepare_validation
 from ..cli import UsageError, resolve_device
+from ..data import CropDataset, bundled_images, find_images, load_image, prepare_validation
+from ..models import VGG19_URL, VGGFeatureExtractor, build_discriminator, build_generator, generator_config
 from .config import ConfigError, one_line
 
 __all__ = ["Networks", "pick_device", "build_networks", "check_step_memory", "saved_bytes_per_lr_pixel", "build_train_set", "build_val_set",
@@ -64,8 +65,6 @@ class Networks:
 def build_networks(cfg: dict, device: torch.device, with_discriminator: bool) -> Networks:
     """The run's networks; a generator or discriminator option they refuse, or a batch whose
     training step cannot fit in this machine's memory, is one :class:`ConfigError` line."""
-    from ..models import build_discriminator, build_generator, generator_config
-
     with _options_of("--g-opt / [generator]", cfg["generator"]):
         # The generator config is what load_generator needs to rebuild it from a checkpoint.
         gen_config = generator_config(cfg["model"], cfg["scale"], **cfg["generator"])
@@ -194,7 +193,6 @@ def build_val_set(cfg: dict, log) -> list:
 # ---- the perceptual loss of stage 2 ---------------------------------------------------------------
 def vgg_cache_file() -> str:
     """Where torch's hub cache keeps torchvision's VGG19 weights."""
-    from ..models import VGG19_URL
     return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(VGG19_URL))
 
 
@@ -221,7 +219,6 @@ def missing_vgg_text(cfg: dict) -> str:
 
 def build_perceptual(cfg: dict, path: str, device: torch.device):
     """The perceptual loss on VGG19 features read from ``path``."""
-    from ..models import VGGFeatureExtractor
     try:
         extractor = VGGFeatureExtractor(layer=cfg["perceptual_layer"], weights=path, pretrained=True)
     except Exception as e:  # noqa: BLE001 - turned into one clear message

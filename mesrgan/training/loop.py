@@ -17,6 +17,7 @@ import torch
 
 from ..atomic import write_text_atomic
 from ..data import SampleIdSampler
+from ..models import generator_checkpoint
 from .components import (build_networks, build_perceptual, build_train_set, build_val_set, find_vgg_weights,
                          missing_vgg_text, perceptual_needed, pick_device)
 from .config import EXIT_NEEDS_VGG, RUN_ONLY, STAGES, ConfigError, dump_toml, one_line, resume_command, stages_of
@@ -215,7 +216,6 @@ class Trainer:
     def _end_stage(self, stage):
         if not (self.dist.main and stage == "psnr"):
             return
-        from ..models import generator_checkpoint
         ck = generator_checkpoint(self.cfg["model"], self.nets.G, self.nets.gen_config)
         save_checkpoint(ck, self.folder.file("stage1.pt"))
         best = self.folder.file("best.pt")
@@ -224,7 +224,6 @@ class Trainer:
 
     # ---- checkpoints ----------------------------------------------------------------------------
     def _generator_ckpt(self):
-        from ..models import generator_checkpoint
         ck = generator_checkpoint(self.cfg["model"], self.nets.G, self.nets.gen_config)
         if self.nets.ema is not None:
             ck["generator_ema"] = self.nets.ema.state_dict()

@@ -17,12 +17,14 @@ import os
 import random
 import re
 import socket
+import sys
 import time
 
 import numpy as np
 import torch
 
 from ..atomic import atomic_path, remove_temp_files
+from ..models import CheckpointError, read_checkpoint
 from .config import ConfigError
 
 # what --resume needs from last.pt (the optional parts are looked up with .get)
@@ -31,9 +33,6 @@ RESUME_KEYS = ("stage", "iteration", "best_psnr", "generator", "optimizer_g", "r
 
 def read_checkpoint_or_exit(flag, path, require=()):
     """``read_checkpoint``, or one line on stderr and exit status 2 for a file that is not one."""
-    import sys
-
-    from ..models import CheckpointError, read_checkpoint
     try:
         return read_checkpoint(path, require=require)
     except CheckpointError as e:

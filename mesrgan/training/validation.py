@@ -7,6 +7,7 @@ import torch
 
 from ..data import imresize, quantize
 from ..imageio import write_image
+from ..metrics import psnr, ssim
 
 __all__ = ["validate", "save_sample"]
 
@@ -16,7 +17,6 @@ def validate(net, val_set, scale: int, device, channels_last: bool = False, auto
     """Mean PSNR-Y / SSIM-Y of ``net`` over ``val_set`` (from ``prepare_validation``) and of bicubic,
     8-bit SR, ``scale`` pixels cropped. Returns ``(results, (bicubic, sr, hr) of the first image)``,
     or ``(None, None)`` without validation images."""
-    from ..metrics import psnr, ssim
     if not val_set:
         return None, None
     was_training = net.training
