@@ -2,11 +2,13 @@
 the check of our impl against PyTorch's on the same weights."""
 import functools
 import os
+import tempfile
 
 import pytest
 import torch
 
 from benchmarks._common import check_close, exact_fp32
+from mesrgan.deploy import export_onnx
 
 # key -> (build_generator name, overrides, has depthwise convs)
 PRESETS = {
@@ -36,18 +38,36 @@ def build(key, impl, device, train=False):
 def onnx_session(key):
     """A callable running ``key``'s network (the same weights as the torch cases) in onnxruntime."""
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (the bench extra has it)")
-    import tempfile
-
-    from mesrgan.deploy import export_onnx
-    model = build(key, "mesrgan" if PRESETS[key][2] else "torch", "cpu")
-    path = os.path.join(tempfile.mkdtemp(prefix="mesrgan-bench-"), f"{key}.onnx")
-    export_onnx(model, path)
+    path = _onnx_file(key)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
     opts.inter_op_num_threads = 1
     session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x})
+
+
+@functools.lru_cache(maxsize=2)
+def _onnx_file(key):
+    """``key``'s network exported to ONNX once (the same weights as the torch cases)."""
+    model = build(key, "mesrgan" if PRESETS[key][2] else "torch", "cpu")
+    path = os.path.join(tempfile.mkdtemp(prefix="mesrgan-bench-"), f"{key}.onnx")
+    export_onnx(model, path)
+    return path
+
+
+@functools.lru_cache(maxsize=2)
+def openvino_session(key, precision):
+    """A callable running ``key``'s network (the same weights) in OpenVINO on the CPU, with
+    ``precision`` its inference precision: ``fp32``, or ``bf16`` (OpenVINO's own default on CPUs
+    with AVX512_BF16 or AMX)."""
+    ov = pytest.importorskip("openvino", reason="openvino is not installed (the bench extra has it)")
+    core = ov.Core()
+    config = {"INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16",
+              "INFERENCE_NUM_THREADS": torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY"}
+    compiled = core.compile_model(core.read_model(_onnx_file(key)), "CPU", config)
+    request = compiled.create_infer_request()
+    return lambda x: request.infer({0: x})
 
 
 _checked = {}

@@ -5,7 +5,8 @@ test_models.py (``fwd``: forward under no_grad in eval mode; ``train``: zero_gra
 backward + Adam step), with NCHW inputs as a user passes them. Precision ``fp32``, or ``bf16``: the
 same float32 model and input under ``torch.autocast("cpu", torch.bfloat16)`` (float32 master weights
 for training), every contender alike, as users of recent CPUs run these networks. onnxruntime runs
-its float32 graph in both (its CPU provider has no bfloat16 convolutions).
+its float32 graph in both (its CPU provider has no bfloat16 convolutions); OpenVINO runs the same
+ONNX file with its inference precision set to f32 or bf16.
 
 Why a second suite: test_models.py times each network on its own, minutes after the one it is
 compared with. On a shared machine a slow spell then lands in one figure and not the other, and a
@@ -27,6 +28,7 @@ The pytest-benchmark figure of a case is the wall time of its whole measurement;
 matter are in ``extra_info`` (``contenders_ms``, ``goals``), which ``python -m benchmarks.report``
 turns into the goals table. CPU only: the goals are CPU goals.
 """
+import importlib
 import statistics
 import time
 
@@ -34,7 +36,7 @@ import pytest
 import torch
 
 from benchmarks._common import env_info
-from benchmarks._networks import SCALE, build, check_model, onnx_session
+from benchmarks._networks import SCALE, build, check_model, onnx_session, openvino_session
 
 ROUNDS = 4
 CALLS = 3  # per block; the first is the block's warm-up
@@ -45,7 +47,7 @@ ESRGAN, MESRGAN, LITE = "esrgan-paper", "mesrgan-paper", "mesrgan-paper-out"
 # pass -> [(contender label, model key, impl)]; the last is the peer our MESRGAN-paper is held against.
 CONTENDERS = {
     "fwd": [(ESRGAN, ESRGAN, "torch"), (MESRGAN, MESRGAN, "auto"), ("lite", LITE, "auto"),
-            ("onnxruntime", MESRGAN, "onnxruntime")],
+            ("onnxruntime", MESRGAN, "onnxruntime"), ("openvino", MESRGAN, "openvino")],
     "train": [(ESRGAN, ESRGAN, "torch"), (MESRGAN, MESRGAN, "auto"), ("lite", LITE, "auto"),
               ("impl=torch", MESRGAN, "torch")],
 }
@@ -53,7 +55,8 @@ CONTENDERS = {
 GOALS = {
     "fwd": [("mesrgan-paper ÷ esrgan-paper", MESRGAN, ESRGAN, "<=", 1.0),
             ("lite ÷ esrgan-paper", "lite", ESRGAN, "<=", 0.55),
-            ("onnxruntime ÷ mesrgan-paper", "onnxruntime", MESRGAN, ">=", 1.0)],
+            ("onnxruntime ÷ mesrgan-paper", "onnxruntime", MESRGAN, ">=", 1.0),
+            ("openvino ÷ mesrgan-paper", "openvino", MESRGAN, ">=", 1.0)],
     "train": [("mesrgan-paper ÷ esrgan-paper", MESRGAN, ESRGAN, "<=", 1.1),
               ("lite ÷ esrgan-paper", "lite", ESRGAN, "<=", 0.55),
               ("impl=torch ÷ mesrgan-paper", "impl=torch", MESRGAN, ">=", 1.5)],
@@ -66,6 +69,9 @@ def _step(pass_, key, impl, lr, batch, precision="fp32"):
     x = torch.rand(batch, 3, lr, lr, generator=g)
     if impl == "onnxruntime":
         run, x_np = onnx_session(key), x.numpy()
+        return lambda: run(x_np)
+    if impl == "openvino":
+        run, x_np = openvino_session(key, precision), x.numpy()
         return lambda: run(x_np)
     model = build(key, impl, "cpu", train=pass_ == "train")
     autocast = torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16")
@@ -121,9 +127,9 @@ def test_goal(benchmark, bench_settings, case):
         check_model(key, "cpu")  # our impl equals PyTorch's on these weights before anything is timed
     steps = {}
     for label, key, impl in CONTENDERS[pass_]:
-        if impl == "onnxruntime":
+        if impl in ("onnxruntime", "openvino"):
             try:
-                import onnxruntime  # noqa: F401
+                importlib.import_module(impl)
             except ImportError:
                 continue  # the goal against it is left out of the table
         steps[label] = _step(pass_, key, impl, lr, batch, precision)
