@@ -4,8 +4,10 @@ import platform
 
 import pytest
 import torch
+from pytest_benchmark.utils import safe_dumps
 
 from benchmarks._common import ENV_DEVICE, ENV_FULL, settings_from_config
+from mesrgan.atomic import write_text_atomic
 
 DEFAULT_MODELS = "srgan,esrgan-paper,mesrgan-paper,mesrgan-paper-out"
 
@@ -60,3 +62,22 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
     if not config.getoption("bench_keep_data"):
         for b in output_json.get("benchmarks", []):
             b.get("stats", {}).pop("data", None)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    """--benchmark-json as it goes: pytest-benchmark writes the file only when the session ends, so a
+    run stopped at a time limit left nothing. After each benchmark the file is rewritten (atomically)
+    with every result so far; the session's own write at the end replaces it as before."""
+    bs = getattr(item.config, "_benchmarksession", None)
+    if bs is None or not bs.json or not bs.benchmarks or nextitem is None:
+        return
+    config = item.config
+    if not hasattr(config, "_mesrgan_run_info"):  # py-cpuinfo and git: once per session
+        config._mesrgan_run_info = (bs.get_machine_info(),
+                                    config.hook.pytest_benchmark_generate_commit_info(config=config))
+    machine_info, commit_info = config._mesrgan_run_info
+    output = config.hook.pytest_benchmark_generate_json(config=config, benchmarks=bs.benchmarks, include_data=False,
+                                                        machine_info=machine_info, commit_info=commit_info)
+    config.hook.pytest_benchmark_update_json(config=config, benchmarks=bs.benchmarks, output_json=output)
+    write_text_atomic(str(bs.json), safe_dumps(output, ensure_ascii=True, indent=4))

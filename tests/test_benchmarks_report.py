@@ -164,3 +164,27 @@ def test_side_by_side_timing_alternates_blocks_and_drops_each_blocks_first_call(
     rows = goals.goal_rows("train", {"esrgan-paper": 2.0, "mesrgan-paper": 2.4, "impl=torch": 3.0})
     assert [(r["goal"], round(r["ratio"], 3), r["met"]) for r in rows] == [
         ("mesrgan-paper ÷ esrgan-paper", 1.2, False), ("impl=torch ÷ mesrgan-paper", 1.25, False)]
+
+
+def test_benchmark_json_is_written_as_the_suite_goes(tmp_path):
+    """A run killed before its end (here: os._exit in the third test) keeps the results so far."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    (tmp_path / "conftest.py").write_text(
+        "from benchmarks.conftest import (bench_settings, pytest_addoption, pytest_benchmark_update_json,  # noqa\n"
+        "                                 pytest_benchmark_update_machine_info, pytest_configure,\n"
+        "                                 pytest_runtest_teardown)\n")
+    (tmp_path / "test_bench.py").write_text(
+        "import os\n"
+        "def test_a(benchmark):\n    benchmark(lambda: sum(range(1000)))\n"
+        "def test_b(benchmark):\n    benchmark(lambda: sum(range(2000)))\n"
+        "def test_killed():\n    os._exit(3)\n")
+    out = tmp_path / "bench.json"
+    env = dict(os.environ, PYTHONPATH=root)
+    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path),
+                        str(tmp_path / "test_bench.py"), f"--benchmark-json={out}"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 3, p.stdout[-2000:] + p.stderr[-2000:]
+    names = [b["name"] for b in json.loads(out.read_text())["benchmarks"]]
+    assert names == ["test_a", "test_b"]
