@@ -95,6 +95,16 @@ def _clean_brand(brand):
     return re.sub(r"\s+", " ", brand).strip() or "unknown CPU"
 
 
+def _cpu_name(mi):
+    """The CPU's brand, with its family and model where the brand alone does not tell the generation
+    (virtual machines report "AMD EPYC" for Zen 2 to Zen 5)."""
+    cpu = mi.get("cpu", {})
+    name = _clean_brand(cpu.get("brand_raw"))
+    if cpu.get("family") is not None and not re.search(r"\d{3,}", name):
+        name += f" family {cpu['family']} model {cpu.get('model', '?')}"
+    return name
+
+
 def cpu_features(doc):
     """'AVX-512, AVX512_BF16, AMX-BF16'-style summary of the recorded CPU flags, or None if none recorded."""
     flags = set(doc.get("machine_info", {}).get("cpu", {}).get("flags") or ())
@@ -112,7 +122,7 @@ def machine_title(doc, benches):
     if "cuda" in {b["extra_info"]["device"] for b in benches}:
         who = f"{mb.get('gpu', 'unknown GPU')} (CUDA {mb.get('cuda', '?')})"
     else:
-        who = f"{_clean_brand(mi.get('cpu', {}).get('brand_raw'))} ({cpu_features(doc) or 'bf16 features not recorded'})"
+        who = f"{_cpu_name(mi)} ({cpu_features(doc) or 'bf16 features not recorded'})"
     ci = doc.get("commit_info", {})
     commit = f"commit {ci['id'][:7]}{' (dirty tree)' if ci.get('dirty') else ''}, " if ci.get("id") else ""
     return f"{who}, {commit}{doc.get('datetime', '?')[:10]}"
@@ -402,7 +412,7 @@ def section_name(benches, doc=None):
     features = cpu_features(doc) or ""
     isa = "avx512" if features.startswith("AVX-512") else "avx2" if features.startswith("AVX2") else (
         "base" if features else "")
-    return "-".join(x for x in ("cpu", _slug(_clean_brand(brand)), isa) if x)
+    return "-".join(x for x in ("cpu", _slug(_cpu_name(mi)), isa) if x)
 
 
 def render_section(section, benches, doc, plot_rel):

@@ -75,6 +75,12 @@ def test_section_names_and_features():
     doc["machine_info"]["cpu"] = {"brand_raw": "Intel(R) Xeon(R) Processor", "flags": ["avx512f", "amx_bf16"]}
     assert report.section_name(benches, doc) == "cpu-intel-xeon-avx512"
     assert report.cpu_features(doc) == "AVX-512, AMX-BF16"
+    # a VM's generic brand: family and model tell Zen 4 from Zen 5, so neither replaces the other's section
+    doc["machine_info"]["cpu"] = {"brand_raw": "AMD EPYC", "family": 25, "model": 17, "flags": ["avx512f", "avx512_bf16"]}
+    assert report.section_name(benches, doc) == "cpu-amd-epyc-family-25-model-17-avx512"
+    assert report.machine_title(doc, benches).startswith("AMD EPYC family 25 model 17 (AVX-512, AVX512_BF16)")
+    doc["machine_info"]["cpu"] = {"brand_raw": "AMD EPYC 9654 96-Core Processor", "family": 25, "flags": ["avx2"]}
+    assert report.section_name(benches, doc) == "cpu-amd-epyc-9654-96-core-avx2"  # the model number says it
 
 
 def _digest(path):
