@@ -36,3 +36,21 @@ def test_silent_on_other_processes_and_request_from_another_rank(capfd):
     s = StopRequests()
     s.request(signal.SIGTERM)
     assert s.requested and s.signum == signal.SIGTERM
+
+
+def test_a_second_signal_whose_exception_was_dropped_still_stops_at_once(capfd):
+    """A handler can run inside a fork hook (the DataLoader starting its workers), where Python
+    drops the exception: the loop's check raises it again before any save."""
+    with StopRequests() as stops:
+        os.kill(os.getpid(), signal.SIGINT)
+        stops.raise_if_at_once()  # one signal: nothing to raise
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):
+                pass
+        except StopNow:
+            pass  # dropped, as a fork hook would
+        with pytest.raises(StopNow) as e:
+            stops.raise_if_at_once()
+        assert e.value.signum == signal.SIGTERM
+    capfd.readouterr()

@@ -364,6 +364,7 @@ class Trainer:
                 done_here += 1
                 last = it == iters
                 stop = self._should_stop(done_here, last)
+                self.stops.raise_if_at_once()  # before any save: "at once" keeps the last checkpoint
                 if it % cfg["save_every"] == 0 or last or stop:
                     self.save_last()
                 if last:

@@ -42,12 +42,18 @@ class StopRequests:
 
     def __init__(self, announce: bool = True):
         self.signum = None
+        self.at_once = None  # the second signal, once one came
         self._announce = announce
         self._old = {}
 
     @property
     def requested(self) -> bool:
         return self.signum is not None
+
+    def raise_if_at_once(self) -> None:
+        """Raise the StopNow of a second signal whose exception was dropped on its way."""
+        if self.at_once is not None:
+            raise StopNow(self.at_once)
 
     def request(self, signum: int) -> None:
         """Ask to stop after the current iteration (another process of the run was told to)."""
@@ -56,6 +62,9 @@ class StopRequests:
 
     def _handle(self, signum, _frame):
         if self.signum is not None:
+            # Also remembered: a handler can run where exceptions are dropped (a fork hook of the
+            # DataLoader starting its workers, seen under load); the loop then stops at its next check.
+            self.at_once = signum
             raise StopNow(signum)
         self.signum = signum
         if self._announce:
