@@ -60,7 +60,7 @@ def depthwise_conv3x3(x, weight, bias=None, *, activation="none", negative_slope
     """Depthwise 3x3 convolution, stride 1, padding 1, with the activation fused into the output write.
 
     Args:
-        x: ``(N, C, H, W)``; float32/float64 on CPU, float32/float16/bfloat16 on CUDA. NCHW and
+        x: ``(N, C, H, W)``; float32/float64/bfloat16 on CPU, float32/float16/bfloat16 on CUDA. NCHW and
             channels_last inputs each take their own kernel; other strides are copied first.
         weight: ``(C, 1, 3, 3)``, as ``nn.Conv2d(C, C, 3, padding=1, groups=C)`` stores it.
         bias: ``(C,)`` or None.
@@ -143,7 +143,7 @@ def empty_cpu_cache():
 
 def _has_kernel(x):
     if x.device.type == "cpu":
-        return x.dtype in (torch.float32, torch.float64)
+        return x.dtype in (torch.float32, torch.float64, torch.bfloat16)
     if x.device.type == "cuda":
         return _ext.WITH_CUDA and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
     return False
