@@ -5,6 +5,7 @@ the kernels' own (rounding of the outputs and of the intermediate gradients to b
 accumulation): about 2^-9 of the result's scale. Each check also asserts the error is not zero, so
 that a float64 path taken by mistake would show.
 """
+import copy
 import os
 import subprocess
 import sys
@@ -12,7 +13,8 @@ import sys
 import pytest
 import torch
 
-from mesrgan.ops import depthwise_conv3x3
+from mesrgan.models.blocks import BottleneckResidualBlock, DenseBlock
+from mesrgan.ops import bottleneck_block, depthwise_conv3x3
 
 # Largest error seen in these tests, relative to the reference's largest magnitude, was about
 # 5e-3 (the gradients: two roundings to bfloat16 in a row); 1.5e-2 leaves a margin of 3.
@@ -139,3 +141,83 @@ def test_isa_paths_agree(tmp_path):
             for a, b in zip(results[isa][layout], results["base"][layout]):
                 # Float32 sums in another order, then the same rounding: at most one bfloat16 step apart.
                 torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2)
+
+
+# --- the fused block ------------------------------------------------------------------------------
+
+def block_inputs(n, c_in, h, w, hidden, c_out, layout, seed=0):
+    """x and the six parameters in float64, scaled so that activations stay of order one."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g, dtype=torch.float64) * scale
+
+    x = rnd(n, c_in, h, w)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, [rnd(hidden, c_in, 1, 1, scale=c_in ** -0.5), rnd(hidden) * 0.1, rnd(hidden, 1, 3, 3, scale=1 / 3),
+               rnd(hidden) * 0.1, rnd(c_out, hidden, 1, 1, scale=hidden ** -0.5), rnd(c_out) * 0.1]
+
+
+BLOCK_CASES = [(2, 5, 7, 9, 10, 5, True), (1, 3, 1, 1, 7, 9, False), (1, 17, 13, 1, 34, 17, True),
+               (2, 16, 12, 20, 48, 16, True), (1, 31, 9, 11, 62, 33, False)]
+
+
+@pytest.mark.parametrize("case", BLOCK_CASES)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_block_forward_and_gradients(case, layout):
+    n, c_in, h, w, hidden, c_out, skip = case
+    x, params = block_inputs(n, c_in, h, w, hidden, c_out, layout)
+    xb, *pb = bf16_leaves(x, *params)
+    xd, *pd = double_leaves(xb, *pb)
+    y = bottleneck_block(xb, *pb, skip=skip)
+    ref = bottleneck_block(xd, *pd, skip=skip)
+    assert y.stride() == ref.stride()
+    assert assert_bf16_close(y, ref.detach()) > 0
+    g = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(torch.bfloat16)
+    got = grads_of(y, [xb, *pb], g)
+    want = grads_of(ref, [xd, *pd], g.double())
+    errs = [assert_bf16_close(a, r) for a, r in zip(got, want)]
+    assert sum(errs) > 0  # a 1x1 image's project-bias gradient is grad_out itself, exactly
+
+
+def test_block_empty_batch_and_opcheck():
+    x, params = block_inputs(0, 4, 5, 5, 8, 4, "nchw")
+    xb, *pb = bf16_leaves(x, *params)
+    y = bottleneck_block(xb, *pb, skip=True)
+    assert y.shape == (0, 4, 5, 5) and y.dtype == torch.bfloat16
+    y.sum().backward()
+    assert pb[0].grad.dtype == torch.bfloat16 and not pb[0].grad.any()
+    x, params = block_inputs(2, 6, 5, 7, 12, 6, "channels_last")
+    xb, *pb = bf16_leaves(x, *params)
+    torch.library.opcheck(torch.ops.mesrgan.bottleneck_block.default, (xb, *pb, True, 0.2))
+
+
+def test_block_float16_and_mixed_dtypes_refused():
+    x, params = block_inputs(1, 4, 5, 5, 8, 4, "nchw")
+    with pytest.raises(TypeError, match=r"x must be float32, float64 or bfloat16 on CPU, got Half on cpu"):
+        bottleneck_block(x.half(), *[p.half() for p in params])
+    with pytest.raises(TypeError, match=r"expand_weight dtype must match x"):
+        bottleneck_block(x.to(torch.bfloat16), *[p.float() for p in params])
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_dense_buffer_path(layout):
+    torch.manual_seed(0)
+    block = DenseBlock(8, 4, layer=lambda c_in, c_out: BottleneckResidualBlock(c_in, c_out))
+    x = torch.randn(2, 8, 9, 7)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    fast = copy.deepcopy(block).to(torch.bfloat16)
+    ref = copy.deepcopy(fast).double()
+    xb = x.to(torch.bfloat16).requires_grad_()
+    xd = xb.detach().double().requires_grad_()
+    assert fast.uses_buffer(xb)
+    y, r = fast(xb), ref(xd)
+    assert assert_bf16_close(y, r.detach()) > 0
+    g = torch.randn(y.shape).to(torch.bfloat16)
+    y.backward(g)
+    r.backward(g.double())
+    assert assert_bf16_close(xb.grad, xd.grad) > 0
+    for a, b in zip(fast.parameters(), ref.parameters()):
+        assert_bf16_close(a.grad, b.grad)

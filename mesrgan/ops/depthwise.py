@@ -141,11 +141,23 @@ def empty_cpu_cache():
     torch.ops.mesrgan._cpu_cache_clear()
 
 
+def kernel_dtype(x):
+    """The dtype a mesrgan op runs in for input x: inside ``torch.autocast`` on x's device, the
+    region's dtype for float32 / float16 / bfloat16 inputs (the ops' autocast kernels cast them, as
+    conv2d's do; float64 is left alone); x's own dtype elsewhere."""
+    device = x.device.type
+    if device in ("cpu", "cuda") and x.dtype in (torch.float32, torch.float16, torch.bfloat16) \
+            and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return x.dtype
+
+
 def _has_kernel(x):
+    dtype = kernel_dtype(x)
     if x.device.type == "cpu":
-        return x.dtype in (torch.float32, torch.float64, torch.bfloat16)
+        return dtype in (torch.float32, torch.float64, torch.bfloat16)
     if x.device.type == "cuda":
-        return _ext.WITH_CUDA and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
+        return _ext.WITH_CUDA and dtype in (torch.float32, torch.float16, torch.bfloat16)
     return False
 
 
@@ -163,7 +175,7 @@ class DepthwiseConv3x3(nn.Module):
         impl: ``"mesrgan"`` always uses the compiled op (errors where it has no kernel);
             ``"torch"`` uses ``F.conv2d`` + activation (PyTorch's path, the paper's baseline);
             ``"auto"`` uses the compiled op where it has a kernel for the input's device and dtype
-            and PyTorch's path elsewhere.
+            (the autocast dtype inside ``torch.autocast``) and PyTorch's path elsewhere.
     """
 
     def __init__(self, channels, bias=True, activation="none", negative_slope=0.2, impl="auto",
