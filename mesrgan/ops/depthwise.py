@@ -141,15 +141,23 @@ def empty_cpu_cache():
     torch.ops.mesrgan._cpu_cache_clear()
 
 
-def kernel_dtype(x):
-    """The dtype a mesrgan op runs in for input x: inside ``torch.autocast`` on x's device, the
-    region's dtype for float32 / float16 / bfloat16 inputs (the ops' autocast kernels cast them, as
-    conv2d's do; float64 is left alone); x's own dtype elsewhere."""
-    device = x.device.type
-    if device in ("cpu", "cuda") and x.dtype in (torch.float32, torch.float16, torch.bfloat16) \
-            and torch.is_autocast_enabled(device):
+_AUTOCAST_ELIGIBLE = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def autocast_dtype(t):
+    """The dtype ``torch.autocast`` casts t to for the mesrgan ops (their autocast kernels cast as
+    conv2d's do: float32 / float16 / bfloat16 tensors on the region's device; float64 is left
+    alone), or None outside a region."""
+    device = t.device.type
+    if device in ("cpu", "cuda") and t.dtype in _AUTOCAST_ELIGIBLE and torch.is_autocast_enabled(device):
         return torch.get_autocast_dtype(device)
-    return x.dtype
+    return None
+
+
+def kernel_dtype(x):
+    """The dtype a mesrgan op runs in for input x: the autocast dtype inside ``torch.autocast``, x's
+    own dtype elsewhere."""
+    return autocast_dtype(x) or x.dtype
 
 
 def _has_kernel(x):
