@@ -11,7 +11,8 @@ constexpr const char* kOp = "bottleneck_block";
 
 void check_float(const at::Tensor& t, const char* name) {
   const auto dt = t.scalar_type();
-  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble, kOp, ": ", name, " must be float32 or float64, got ", dt);
+  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16, kOp, ": ", name,
+                   " must be float32, float64 or bfloat16 on CPU, got ", dt, " on ", t.device());
 }
 
 void check_like_x(const at::Tensor& t, const at::Tensor& x, const char* name) {

@@ -32,4 +32,19 @@ BottleneckGrads bottleneck_block_backward_cpu(const at::Tensor& grad_out, const 
                                               const at::Tensor& project_weight, bool skip, double negative_slope,
                                               std::array<bool, 7> output_mask);
 
+// The dense-buffer forms (csrc/cpu/bottleneck_forward.cpp, bottleneck_backward.cpp).
+using BottleneckWeightGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+void bottleneck_block_out_cpu(const at::Tensor& x, const at::Tensor& expand_weight,
+                              const c10::optional<at::Tensor>& expand_bias, const at::Tensor& dw_weight,
+                              const c10::optional<at::Tensor>& dw_bias, const at::Tensor& project_weight,
+                              const c10::optional<at::Tensor>& project_bias, bool skip, double negative_slope,
+                              const at::Tensor& out);
+
+BottleneckWeightGrads bottleneck_block_backward_into_cpu(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& expand_weight,
+    const c10::optional<at::Tensor>& expand_bias, const at::Tensor& dw_weight, const c10::optional<at::Tensor>& dw_bias,
+    const at::Tensor& project_weight, bool skip, double negative_slope, std::array<bool, 7> output_mask,
+    const at::Tensor& grad_x, bool accumulate);
+
 }  // namespace mesrgan

@@ -18,9 +18,10 @@ Activation parse_activation(const std::string& name) {
 static void check_float_dtype(const at::Tensor& t, const char* name) {
   const auto dt = t.scalar_type();
   const bool ok = t.is_cuda() ? (dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16)
-                              : (dt == at::kFloat || dt == at::kDouble);
+                              : (dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16);
   TORCH_CHECK_TYPE(ok, "depthwise_conv3x3: ", name, " must be ",
-                   t.is_cuda() ? "float32, float16 or bfloat16 on CUDA" : "float32 or float64 on CPU", ", got ", dt,
+                   t.is_cuda() ? "float32, float16 or bfloat16 on CUDA" : "float32, float64 or bfloat16 on CPU",
+                   ", got ", dt,
                    " on ", t.device());
 }
 

@@ -235,7 +235,7 @@ def test_torch_compile_fullgraph():
     (lambda x, p: (x, *p[:4], p[4][:, :3], p[5]), "project_weight must have shape"),
     (lambda x, p: (x, *p[:5], p[5][:1]), "project_bias must have shape"),
     (lambda x, p: (x.float(), *p), "expand_weight dtype must match x"),
-    (lambda x, p: (x.int(), *p), "x must be float32 or float64"),
+    (lambda x, p: (x.int(), *p), "x must be float32, float64 or bfloat16 on CPU, got Int on cpu"),
     (lambda x, p: (x, p[0].to("meta"), *p[1:]), "expand_weight must be on x's device"),
     (lambda x, p: (x, *p[:5], p[5].to("meta")), "project_bias must be on x's device"),
 ])
@@ -309,7 +309,8 @@ def test_generators_equal_with_auto_and_torch(hidden_width, layout, one_thread):
 def test_block_uses_fused_op_only_where_it_has_a_kernel():
     block = BottleneckResidualBlock(4, 4)
     assert block.uses_fused(torch.randn(1, 4, 3, 3))
-    assert not block.uses_fused(torch.randn(1, 4, 3, 3, dtype=torch.bfloat16))
+    assert block.uses_fused(torch.randn(1, 4, 3, 3, dtype=torch.bfloat16))
+    assert not block.uses_fused(torch.randn(1, 4, 3, 3, dtype=torch.float16))
     assert not BottleneckResidualBlock(4, 4, impl="torch").uses_fused(torch.randn(1, 4, 3, 3))
     with pytest.raises(ValueError, match="impl must be one of"):
         BottleneckResidualBlock(4, 4, impl="fast")

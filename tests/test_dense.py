@@ -263,7 +263,8 @@ def test_dense_block_uses_the_buffer_only_where_it_can():
     x = torch.randn(1, 8, 5, 5, dtype=torch.float64)
     assert bottleneck_dense_block().uses_buffer(x)
     assert not bottleneck_dense_block(impl="torch").uses_buffer(x)
-    assert not bottleneck_dense_block().uses_buffer(x.to(torch.bfloat16))
+    assert bottleneck_dense_block().uses_buffer(x.to(torch.bfloat16))
+    assert not bottleneck_dense_block().uses_buffer(x.to(torch.float16))
     assert not DenseBlock(8, 4, layer=conv3x3).uses_buffer(x.float())
     mixed = bottleneck_dense_block()
     mixed.conv3.negative_slope = 0.1

@@ -301,7 +301,7 @@ def test_errors_name_the_argument():
         depthwise_conv3x3(x, torch.randn(3, 1, 3, 3, dtype=x.dtype), b)
     with pytest.raises(ValueError, match=r"bias must have shape \(C,\) = \(4,\)"):
         depthwise_conv3x3(x, w, b[:3])
-    with pytest.raises(TypeError, match=r"x must be float32 or float64 on CPU, got Long"):
+    with pytest.raises(TypeError, match=r"x must be float32, float64 or bfloat16 on CPU, got Long"):
         depthwise_conv3x3(x.long(), w.long())
     with pytest.raises(TypeError, match=r"weight dtype must match x"):
         depthwise_conv3x3(x, w.float(), b)
@@ -455,11 +455,14 @@ def test_module_impl_auto_uses_compiled_op(monkeypatch):
     calls.clear()
     DepthwiseConv3x3(4, impl="torch")(torch.randn(1, 4, 5, 5))
     assert calls == []
-    # No CPU kernel for bfloat16: "auto" falls back to PyTorch, "mesrgan" refuses clearly.
+    # bfloat16 has a CPU kernel; float16 has none: "auto" falls back to PyTorch, "mesrgan" refuses clearly.
     DepthwiseConv3x3(4, dtype=torch.bfloat16)(torch.randn(1, 4, 5, 5, dtype=torch.bfloat16))
+    assert calls == [(1, 4, 5, 5)]
+    calls.clear()
+    DepthwiseConv3x3(4, dtype=torch.float16)(torch.randn(1, 4, 5, 5, dtype=torch.float16))
     assert calls == []
-    with pytest.raises(TypeError, match=r"float32 or float64 on CPU"):
-        DepthwiseConv3x3(4, impl="mesrgan", dtype=torch.bfloat16)(torch.randn(1, 4, 5, 5, dtype=torch.bfloat16))
+    with pytest.raises(TypeError, match=r"float32, float64 or bfloat16 on CPU, got Half on cpu"):
+        DepthwiseConv3x3(4, impl="mesrgan", dtype=torch.float16)(torch.randn(1, 4, 5, 5, dtype=torch.float16))
 
 
 def test_module_bad_arguments():

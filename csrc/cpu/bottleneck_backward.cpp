@@ -6,6 +6,7 @@
 #include <tuple>
 
 #include "bottleneck_block.h"
+#include "cpu/bottleneck_bf16.h"
 #include "cpu/bottleneck_block_cpu.h"
 
 namespace mesrgan {
@@ -199,6 +200,9 @@ BottleneckGrads bottleneck_block_backward_cpu(const at::Tensor& grad_out_in, con
                         negative_slope);
   const Dims d = dims_of(x_in, expand_weight, project_weight);
   check_grad_out(grad_out_in, x_in, d, "bottleneck_block_backward");
+  if (x_in.scalar_type() == at::kBFloat16)
+    return cpu::bf16::backward(grad_out_in, x_in, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, skip,
+                          negative_slope, mask);
   const Needs need{mask[0], mask[1], mask[2] && opt(expand_bias), mask[3], mask[4] && opt(dw_bias), mask[5], mask[6]};
   const Nhwc x = as_nhwc(x_in);
   at::Tensor dx = need.x ? at::empty({d.N, d.c_in, d.H, d.W}, x.t.options().memory_format(at::MemoryFormat::ChannelsLast))
@@ -213,7 +217,7 @@ BottleneckGrads bottleneck_block_backward_cpu(const at::Tensor& grad_out_in, con
 // The backward writing (or with `accumulate` adding) x's gradient into grad_x, channels_last or a
 // channel slice of a channels_last tensor, not overlapping grad_out: how a dense block's layer hands
 // its input's gradient to the block's gradient buffer. Returns the six weight gradients.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bottleneck_block_backward_into_cpu(
+BottleneckWeightGrads bottleneck_block_backward_into_cpu(
     const at::Tensor& grad_out, const at::Tensor& x_in, const at::Tensor& expand_weight,
     const c10::optional<at::Tensor>& expand_bias, const at::Tensor& dw_weight, const c10::optional<at::Tensor>& dw_bias,
     const at::Tensor& project_weight, bool skip, double negative_slope, std::array<bool, 7> mask,
@@ -224,6 +228,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const Dims d = dims_of(x_in, expand_weight, project_weight);
   check_grad_out(grad_out, x_in, d, kOp);
   if (mask[0]) check_destination(grad_x, x_in, d.c_in, kOp, "grad_x");
+  if (x_in.scalar_type() == at::kBFloat16)
+    return cpu::bf16::backward_into(grad_out, x_in, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, skip,
+                               negative_slope, mask, grad_x, accumulate);
   const Needs need{mask[0], mask[1], mask[2] && opt(expand_bias), mask[3], mask[4] && opt(dw_bias), mask[5], mask[6]};
   const at::Tensor total = backward_into(as_nhwc(grad_out), as_nhwc(x_in), expand_weight, expand_bias, dw_weight,
                                          dw_bias, project_weight, skip, negative_slope, need, grad_x,

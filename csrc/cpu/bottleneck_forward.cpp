@@ -3,6 +3,7 @@
 #include <torch/library.h>
 
 #include "bottleneck_block.h"
+#include "cpu/bottleneck_bf16.h"
 #include "cpu/bottleneck_block_cpu.h"
 #include "depthwise_conv3x3.h"
 
@@ -74,6 +75,9 @@ at::Tensor bottleneck_block_cpu(const at::Tensor& x_in, const at::Tensor& expand
                                 const c10::optional<at::Tensor>& project_bias, bool skip, double negative_slope) {
   check_bottleneck_args(x_in, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, skip,
                         negative_slope);
+  if (x_in.scalar_type() == at::kBFloat16)
+    return cpu::bf16::forward(x_in, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, skip,
+                         negative_slope);
   const Nhwc x = as_nhwc(x_in);
   const Dims d = dims_of(x.t, expand_weight, project_weight);
   at::Tensor y = empty_output_cpu({d.N, d.c_out, d.H, d.W}, x.t.options(), Layout::NHWC);
@@ -93,6 +97,9 @@ void bottleneck_block_out_cpu(const at::Tensor& x_in, const at::Tensor& expand_w
                         negative_slope);
   check_destination(out, x_in, project_weight.size(0), "_bottleneck_block_out", "out");
   if (out.numel() == 0) return;
+  if (x_in.scalar_type() == at::kBFloat16)
+    return cpu::bf16::forward_out(x_in, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, skip,
+                             negative_slope, out);
   forward_into(as_nhwc(x_in), expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, skip,
                negative_slope, out, pixel_stride(out));
 }

@@ -3,6 +3,7 @@
 
 #include <string>
 
+#include "cpu/bf16.h"
 #include "cpu/gemm_choice.h"
 #include "cpu/isa.h"
 
@@ -23,9 +24,13 @@ std::string cpu_gemm(const std::string& which) {
   return cpu::gemm_name(cpu::gemm_in_use());
 }
 
+// The bfloat16 <-> float32 conversion in use: "avx512_bf16", "avx512", "avx2" or "base".
+std::string cpu_bf16_convert() { return cpu::bf16_convert_name(); }
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(mesrgan, m) {
+  m.def("_cpu_bf16_convert() -> str", &cpu_bf16_convert);
   m.def("_cpu_tile_isa() -> str", &cpu_tile_isa);
   m.def("_cpu_gemm(str which=\"\") -> str", &cpu_gemm);
 }

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "cpu/depthwise_bf16.h"
 #include "cpu/dispatch.h"
 #include "depthwise_conv3x3.h"
 
@@ -30,6 +31,10 @@ at::Tensor depthwise_conv3x3_cpu(const at::Tensor& x_in, const at::Tensor& weigh
   if (y.numel() == 0) return y;
   const bool has_bias = bias_in.has_value() && bias_in->defined();
   const at::Tensor bias = has_bias ? bias_in->contiguous() : at::Tensor();
+  if (x.scalar_type() == at::kBFloat16) {
+    cpu::depthwise_forward_bf16(x, weight_in, bias, y, layout == Layout::NHWC, act, negative_slope, kBandRows);
+    return y;
+  }
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "depthwise_conv3x3_cpu", [&] {
     const scalar_t slope = static_cast<scalar_t>(negative_slope);
@@ -71,7 +76,8 @@ std::tuple<at::Tensor, at::Tensor> depthwise_conv3x3_backward_weight_cpu(const a
     sums = at::zeros({C, 10}, dbl);
   } else if (layout == Layout::NCHW) {
     at::Tensor per_plane = at::empty({N, C, 10}, dbl);
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "depthwise_conv3x3_backward_weight_cpu", [&] {
+    if (x.scalar_type() == at::kBFloat16) cpu::depthwise_backward_weight_bf16_nchw(x, g, per_plane);
+    else AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "depthwise_conv3x3_backward_weight_cpu", [&] {
       const auto& kernel = cpu::kernels<scalar_t>().depthwise;
       at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
         kernel.bwdw_nchw(x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), H, W, begin, end,
@@ -85,7 +91,8 @@ std::tuple<at::Tensor, at::Tensor> depthwise_conv3x3_backward_weight_cpu(const a
     const int64_t rows = N * H;
     const int64_t chunks = std::min<int64_t>(rows, 64);
     at::Tensor partial = at::zeros({chunks, 10, C}, dbl);
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "depthwise_conv3x3_backward_weight_cpu", [&] {
+    if (x.scalar_type() == at::kBFloat16) cpu::depthwise_backward_weight_bf16_nhwc(x, g, partial);
+    else AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "depthwise_conv3x3_backward_weight_cpu", [&] {
       const auto& kernel = cpu::kernels<scalar_t>().depthwise;
       at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
         for (int64_t k = begin; k < end; ++k) {
@@ -109,6 +116,10 @@ at::Tensor depthwise_conv3x3_activation_backward_cpu(const at::Tensor& grad_out_
   const at::Tensor y = in_layout(out_in, layout);
   at::Tensor r = empty_output_cpu(g, layout);
   const int64_t n = r.numel();
+  if (g.scalar_type() == at::kBFloat16) {
+    if (n > 0) cpu::depthwise_activation_backward_bf16(g, y, r, act, negative_slope);
+    return r;
+  }
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "depthwise_conv3x3_activation_backward_cpu", [&] {
     const auto& kernel = cpu::kernels<scalar_t>().depthwise;
     at::parallel_for(0, n, 1 << 15, [&](int64_t begin, int64_t end) {

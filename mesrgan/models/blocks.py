@@ -7,7 +7,7 @@ from torch.nn import functional as F
 
 from ..ops import DepthwiseConv3x3, bottleneck_block, has_fused_kernel
 from ..ops.dense import dense_bottleneck_stack
-from ..ops.depthwise import IMPLS
+from ..ops.depthwise import IMPLS, autocast_dtype
 
 HIDDEN_WIDTHS = ("input", "output")
 SCALES = (2, 4)
@@ -174,7 +174,17 @@ class DenseBlock(nn.Module):
     def forward(self, x):
         if self.uses_buffer(x):
             layers = [getattr(self, f"conv{k}") for k in range(1, 6)]
-            return dense_bottleneck_stack(x, [m.fused_args() for m in layers], res_scale=self.res_scale,
+            args = [m.fused_args() for m in layers]
+            if autocast_dtype(x) is not None:
+                # Inside torch.autocast: the buffer's ops see the region's dtype, as the per-layer
+                # ops' autocast kernels would (the casts are differentiable: the parameters' gradients
+                # come back in their own dtype).
+                def cast(t):
+                    return t.to(autocast_dtype(t) or t.dtype) if isinstance(t, torch.Tensor) else t
+
+                x = cast(x)
+                args = [tuple(cast(t) for t in a) for a in args]
+            return dense_bottleneck_stack(x, args, res_scale=self.res_scale,
                                           between_slope=0.2 if self.activation else None,
                                           negative_slope=layers[0].negative_slope)
         feats = [x]

@@ -10,7 +10,7 @@ error (the unfused path, ``bottleneck_block_reference``, supports it).
 import torch
 import torch.nn.functional as F
 
-from .depthwise import _prefers_channels_last
+from .depthwise import _prefers_channels_last, kernel_dtype
 
 _op = torch.ops.mesrgan.bottleneck_block.default
 PARAM_NAMES = ("expand_weight", "expand_bias", "dw_weight", "dw_bias", "project_weight", "project_bias")
@@ -41,7 +41,8 @@ def bottleneck_block(x, expand_weight, expand_bias, dw_weight, dw_bias, project_
     """The fused bottleneck block.
 
     Args:
-        x: ``(N, C_in, H, W)``, float32 or float64 on CPU. channels_last is the kernel's layout;
+        x: ``(N, C_in, H, W)``, float32, float64 or bfloat16 on CPU (all arguments of one dtype;
+            inside ``torch.autocast`` they are cast to its dtype). channels_last is the kernel's layout;
             other layouts are copied to it, and the output comes back in x's memory format.
         expand_weight: ``(hidden, C_in, 1, 1)``; expand_bias: ``(hidden,)`` or None.
         dw_weight: ``(hidden, 1, 3, 3)``; dw_bias: ``(hidden,)`` or None.
@@ -76,8 +77,9 @@ def _check_devices(x, *params):
 
 
 def has_fused_kernel(x):
-    """Whether the fused op has a kernel for x's device and dtype (CPU, float32 / float64)."""
-    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+    """Whether the fused op has a kernel for x's device and dtype (CPU: float32, float64, bfloat16),
+    the dtype being the autocast dtype inside ``torch.autocast`` (see :func:`kernel_dtype`)."""
+    return x.device.type == "cpu" and kernel_dtype(x) in (torch.float32, torch.float64, torch.bfloat16)
 
 
 def _out_format(x):

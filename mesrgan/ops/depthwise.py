@@ -61,7 +61,7 @@ def depthwise_conv3x3(x, weight, bias=None, *, activation="none", negative_slope
     """Depthwise 3x3 convolution, stride 1, padding 1, with the activation fused into the output write.
 
     Args:
-        x: ``(N, C, H, W)``; float32/float64 on CPU, float32/float16/bfloat16 on CUDA. NCHW and
+        x: ``(N, C, H, W)``; float32/float64/bfloat16 on CPU, float32/float16/bfloat16 on CUDA. NCHW and
             channels_last inputs each take their own kernel; other strides are copied first.
         weight: ``(C, 1, 3, 3)``, as ``nn.Conv2d(C, C, 3, padding=1, groups=C)`` stores it.
         bias: ``(C,)`` or None.
@@ -142,11 +142,31 @@ def empty_cpu_cache():
     torch.ops.mesrgan._cpu_cache_clear()
 
 
+_AUTOCAST_ELIGIBLE = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def autocast_dtype(t):
+    """The dtype ``torch.autocast`` casts t to for the mesrgan ops (their autocast kernels cast as
+    conv2d's do: float32 / float16 / bfloat16 tensors on the region's device; float64 is left
+    alone), or None outside a region."""
+    device = t.device.type
+    if device in ("cpu", "cuda") and t.dtype in _AUTOCAST_ELIGIBLE and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return None
+
+
+def kernel_dtype(x):
+    """The dtype a mesrgan op runs in for input x: the autocast dtype inside ``torch.autocast``, x's
+    own dtype elsewhere."""
+    return autocast_dtype(x) or x.dtype
+
+
 def _has_kernel(x):
+    dtype = kernel_dtype(x)
     if x.device.type == "cpu":
-        return x.dtype in (torch.float32, torch.float64)
+        return dtype in (torch.float32, torch.float64, torch.bfloat16)
     if x.device.type == "cuda":
-        return _ext.WITH_CUDA and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
+        return _ext.WITH_CUDA and dtype in (torch.float32, torch.float16, torch.bfloat16)
     return False
 
 
@@ -164,7 +184,7 @@ class DepthwiseConv3x3(nn.Module):
         impl: ``"mesrgan"`` always uses the compiled op (errors where it has no kernel);
             ``"torch"`` uses ``F.conv2d`` + activation (PyTorch's path, the paper's baseline);
             ``"auto"`` uses the compiled op where it has a kernel for the input's device and dtype
-            and PyTorch's path elsewhere.
+            (the autocast dtype inside ``torch.autocast``) and PyTorch's path elsewhere.
     """
 
     def __init__(self, channels, bias=True, activation="none", negative_slope=0.2, impl="auto",

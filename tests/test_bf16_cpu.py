@@ -1,0 +1,319 @@
+"""bfloat16 on the CPU: both ops' kernels (float32 inside, bfloat16 in memory) and torch.autocast.
+
+Results are compared with float64 computed from the same bfloat16 values, so the error measured is
+the kernels' own (rounding of the outputs and of the intermediate gradients to bfloat16, float32
+accumulation): about 2^-9 of the result's scale. Each check also asserts the error is not zero, so
+that a float64 path taken by mistake would show.
+"""
+import copy
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from mesrgan.models import build_generator
+from mesrgan.models.blocks import BottleneckResidualBlock, DenseBlock
+from mesrgan.ops import DepthwiseConv3x3, bottleneck_block, depthwise_conv3x3
+from mesrgan.ops.depthwise import _has_kernel, kernel_dtype
+
+# Largest error seen in these tests, relative to the reference's largest magnitude, was about
+# 5e-3 (the gradients: two roundings to bfloat16 in a row); 1.5e-2 leaves a margin of 3.
+TOL = 1.5e-2
+
+
+def assert_bf16_close(actual, ref, tol=TOL):
+    """Returns the error (a few results are exact: a 1x1 image's bias gradient is grad_out itself)."""
+    assert actual.dtype == torch.bfloat16
+    scale = ref.abs().max().item()
+    err = (actual.double() - ref).abs().max().item()
+    assert err <= tol * scale, f"error {err:.3g} for a scale of {scale:.3g}"
+    return err
+
+
+def bf16_leaves(*tensors):
+    return [None if t is None else t.to(torch.bfloat16).requires_grad_() for t in tensors]
+
+
+def double_leaves(*tensors):
+    return [None if t is None else t.detach().double().requires_grad_() for t in tensors]
+
+
+def grads_of(out, leaves, g):
+    out.backward(g)
+    return [None if t is None else t.grad for t in leaves]
+
+
+# --- depthwise ------------------------------------------------------------------------------------
+
+SHAPES = [(2, 5, 7, 9), (1, 19, 1, 1), (1, 3, 1, 20), (2, 33, 40, 37), (1, 17, 70, 3)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("activation", ["leaky_relu", "relu6", "relu", "none"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_depthwise_forward_and_gradients(shape, layout, activation, bias):
+    gen = torch.Generator().manual_seed(hash((shape, layout, activation, bias)) % 2**31)
+    C = shape[1]
+    x = torch.randn(shape, generator=gen, dtype=torch.float64) * 2
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(C, 1, 3, 3, generator=gen, dtype=torch.float64)
+    b = torch.randn(C, generator=gen, dtype=torch.float64) if bias else None
+    g = torch.randn(shape, generator=gen, dtype=torch.float64)
+    xb, wb, bb = bf16_leaves(x, w, b)
+    xd, wd, bd = double_leaves(xb, wb, bb)
+    y = depthwise_conv3x3(xb, wb, bb, activation=activation)
+    ref = depthwise_conv3x3(xd, wd, bd, activation=activation)
+    assert y.stride() == ref.stride()  # the same layout as the float64 kernels give
+    assert assert_bf16_close(y, ref.detach()) > 0
+    if activation == "relu6":
+        # The backward reads the clamp from the saved output, and an output just below 6 rounds to
+        # 6.0 in bfloat16 and reads as clamped (as on CUDA): its gradient is 0, float64's is not.
+        return
+    got = grads_of(y, [xb, wb, bb], g.to(torch.bfloat16))
+    want = grads_of(ref, [xd, wd, bd], g.to(torch.bfloat16).double())
+    assert sum(assert_bf16_close(a, r) for a, r in zip(got, want) if r is not None) > 0
+
+
+def test_depthwise_empty_batch():
+    x = torch.randn(0, 4, 5, 5, dtype=torch.bfloat16, requires_grad=True)
+    w = torch.randn(4, 1, 3, 3, dtype=torch.bfloat16, requires_grad=True)
+    y = depthwise_conv3x3(x, w, None, activation="leaky_relu")
+    assert y.shape == x.shape and y.dtype == torch.bfloat16
+    y.sum().backward()
+    assert w.grad.dtype == torch.bfloat16 and not w.grad.any()
+
+
+def test_float16_on_cpu_refused_naming_dtype_and_device():
+    x = torch.randn(1, 4, 5, 5, dtype=torch.float16)
+    w = torch.randn(4, 1, 3, 3, dtype=torch.float16)
+    with pytest.raises(TypeError, match=r"Half on cpu"):
+        depthwise_conv3x3(x, w)
+
+
+def test_depthwise_mixed_dtypes_refused():
+    with pytest.raises(TypeError, match=r"weight dtype must match x"):
+        depthwise_conv3x3(torch.randn(1, 4, 5, 5, dtype=torch.bfloat16), torch.randn(4, 1, 3, 3))
+
+
+def test_depthwise_opcheck():
+    x = torch.randn(2, 6, 5, 7, dtype=torch.bfloat16, requires_grad=True)
+    w = torch.randn(6, 1, 3, 3, dtype=torch.bfloat16, requires_grad=True)
+    b = torch.randn(6, dtype=torch.bfloat16, requires_grad=True)
+    torch.library.opcheck(torch.ops.mesrgan.depthwise_conv3x3.default, (x, w, b, "leaky_relu", 0.2))
+    torch.library.opcheck(torch.ops.mesrgan.depthwise_conv3x3.default,
+                          (x.detach().contiguous(memory_format=torch.channels_last), w, None, "relu", 0.2))
+
+
+ISA_SCRIPT = r"""
+import sys, torch
+import mesrgan.ops as ops
+torch.manual_seed(0)
+x = torch.randn(2, 13, 9, 21).to(torch.bfloat16)
+w = torch.randn(13, 1, 3, 3).to(torch.bfloat16)
+out = {"convert": torch.ops.mesrgan._cpu_bf16_convert(), "gemm": torch.ops.mesrgan._cpu_gemm()}
+for layout in ("nchw", "nhwc"):
+    xi = x.contiguous(memory_format=torch.channels_last) if layout == "nhwc" else x
+    xi = xi.clone().requires_grad_()
+    wi = w.clone().requires_grad_()
+    y = ops.depthwise_conv3x3(xi, wi, None, activation="leaky_relu")
+    y.backward(torch.randn(y.shape).to(torch.bfloat16))
+    out[layout] = [y.detach().contiguous(), xi.grad.contiguous(), wi.grad]
+xb = (torch.randn(2, 13, 9, 21) * 0.5).to(torch.bfloat16).requires_grad_()
+params = [(torch.randn(s) * 0.3).to(torch.bfloat16).requires_grad_()
+          for s in ((26, 13, 1, 1), (26,), (26, 1, 3, 3), (26,), (13, 26, 1, 1), (13,))]
+y = ops.bottleneck_block(xb, *params, skip=True)
+y.backward(torch.randn(y.shape).to(torch.bfloat16))
+out["block"] = [y.detach().contiguous(), xb.grad.contiguous()] + [p.grad for p in params]
+torch.save(out, sys.argv[1])
+"""
+
+
+def run_forced(tmp_path, env_extra, name):
+    path = tmp_path / f"{name}.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env_extra}
+    subprocess.run([sys.executable, "-c", ISA_SCRIPT, str(path)], check=True, env=env)
+    return torch.load(path)
+
+
+def test_isa_and_gemm_paths_agree(tmp_path):
+    runs = {isa: {"MESRGAN_CPU_ISA": isa} for isa in ("base", "avx2", "avx512")}
+    runs.update({f"gemm-{g}": {"MESRGAN_CPU_GEMM": g} for g in ("avx2", "avx512", "blas")})
+    results = {name: run_forced(tmp_path, env, name) for name, env in runs.items()}
+    assert results["base"]["convert"] == "base"
+    for g in ("avx2", "avx512", "blas"):  # the CPU has all three here; otherwise the nearest one runs
+        assert results[f"gemm-{g}"]["gemm"] in (g, "avx2", "blas")
+    for name in runs:
+        for key in ("nchw", "nhwc", "block"):
+            for a, b in zip(results[name][key], results["base"][key]):
+                # Float32 sums in another order, then the same rounding: a bfloat16 step or so apart.
+                torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2 * b.abs().max().item())
+
+
+# --- the fused block ------------------------------------------------------------------------------
+
+def block_inputs(n, c_in, h, w, hidden, c_out, layout, seed=0):
+    """x and the six parameters in float64, scaled so that activations stay of order one."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g, dtype=torch.float64) * scale
+
+    x = rnd(n, c_in, h, w)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, [rnd(hidden, c_in, 1, 1, scale=c_in ** -0.5), rnd(hidden) * 0.1, rnd(hidden, 1, 3, 3, scale=1 / 3),
+               rnd(hidden) * 0.1, rnd(c_out, hidden, 1, 1, scale=hidden ** -0.5), rnd(c_out) * 0.1]
+
+
+BLOCK_CASES = [(2, 5, 7, 9, 10, 5, True), (1, 3, 1, 1, 7, 9, False), (1, 17, 13, 1, 34, 17, True),
+               (2, 16, 12, 20, 48, 16, True), (1, 31, 9, 11, 62, 33, False)]
+
+
+@pytest.mark.parametrize("case", BLOCK_CASES)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_block_forward_and_gradients(case, layout):
+    n, c_in, h, w, hidden, c_out, skip = case
+    x, params = block_inputs(n, c_in, h, w, hidden, c_out, layout)
+    xb, *pb = bf16_leaves(x, *params)
+    xd, *pd = double_leaves(xb, *pb)
+    y = bottleneck_block(xb, *pb, skip=skip)
+    ref = bottleneck_block(xd, *pd, skip=skip)
+    assert y.stride() == ref.stride()
+    assert assert_bf16_close(y, ref.detach()) > 0
+    g = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(torch.bfloat16)
+    got = grads_of(y, [xb, *pb], g)
+    want = grads_of(ref, [xd, *pd], g.double())
+    errs = [assert_bf16_close(a, r) for a, r in zip(got, want)]
+    assert sum(errs) > 0  # a 1x1 image's project-bias gradient is grad_out itself, exactly
+
+
+def test_block_empty_batch_and_opcheck():
+    x, params = block_inputs(0, 4, 5, 5, 8, 4, "nchw")
+    xb, *pb = bf16_leaves(x, *params)
+    y = bottleneck_block(xb, *pb, skip=True)
+    assert y.shape == (0, 4, 5, 5) and y.dtype == torch.bfloat16
+    y.sum().backward()
+    assert pb[0].grad.dtype == torch.bfloat16 and not pb[0].grad.any()
+    x, params = block_inputs(2, 6, 5, 7, 12, 6, "channels_last")
+    xb, *pb = bf16_leaves(x, *params)
+    torch.library.opcheck(torch.ops.mesrgan.bottleneck_block.default, (xb, *pb, True, 0.2))
+
+
+def test_block_float16_and_mixed_dtypes_refused():
+    x, params = block_inputs(1, 4, 5, 5, 8, 4, "nchw")
+    with pytest.raises(TypeError, match=r"x must be float32, float64 or bfloat16 on CPU, got Half on cpu"):
+        bottleneck_block(x.half(), *[p.half() for p in params])
+    with pytest.raises(TypeError, match=r"expand_weight dtype must match x"):
+        bottleneck_block(x.to(torch.bfloat16), *[p.float() for p in params])
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_dense_buffer_path(layout):
+    torch.manual_seed(0)
+    block = DenseBlock(8, 4, layer=lambda c_in, c_out: BottleneckResidualBlock(c_in, c_out))
+    x = torch.randn(2, 8, 9, 7)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    fast = copy.deepcopy(block).to(torch.bfloat16)
+    ref = copy.deepcopy(fast).double()
+    xb = x.to(torch.bfloat16).requires_grad_()
+    xd = xb.detach().double().requires_grad_()
+    assert fast.uses_buffer(xb)
+    y, r = fast(xb), ref(xd)
+    assert assert_bf16_close(y, r.detach()) > 0
+    g = torch.randn(y.shape).to(torch.bfloat16)
+    y.backward(g)
+    r.backward(g.double())
+    assert assert_bf16_close(xb.grad, xd.grad) > 0
+    for a, b in zip(fast.parameters(), ref.parameters()):
+        assert_bf16_close(a.grad, b.grad)
+
+
+# --- torch.autocast -------------------------------------------------------------------------------
+
+class MesrganCalls(TorchDispatchMode):
+    """Records each mesrgan op that reaches the kernels, with the dtypes of its tensor arguments."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "mesrgan":
+            dtypes = {a.dtype for a in torch.utils._pytree.tree_leaves(args) if isinstance(a, torch.Tensor)}
+            self.calls.append((func.__name__.split(".")[0], dtypes))
+        return func(*args, **(kwargs or {}))
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return build_generator("mesrgan-paper", num_blocks=2)
+
+
+def test_autocast_reaches_the_kernels_in_bfloat16():
+    model = tiny_model().eval()
+    x = torch.rand(2, 3, 12, 10)
+    with torch.no_grad():
+        ref = model(x)
+        with torch.autocast("cpu", torch.bfloat16), MesrganCalls() as mode:
+            y = model(x)
+    names = {name for name, _ in mode.calls}
+    assert "bottleneck_block" in names and "_bottleneck_block_out" in names
+    assert all(dtypes == {torch.bfloat16} for _, dtypes in mode.calls)
+    # Through the whole network: each layer's rounding adds up; 1e-2 of the output's scale measured 4e-3.
+    assert y.dtype == torch.bfloat16
+    assert 0 < (y.float() - ref).abs().max() <= 1.5e-2 * ref.abs().max()
+
+
+def test_autocast_training_step_reaches_float32_parameters():
+    model = tiny_model()
+    x = torch.rand(1, 3, 9, 11)
+    with torch.autocast("cpu", torch.bfloat16), MesrganCalls() as mode:
+        y = model(x)
+        y.float().square().mean().backward()
+    assert ("bottleneck_block_backward", {torch.bfloat16}) in mode.calls or \
+        ("_bottleneck_block_backward_into", {torch.bfloat16}) in mode.calls
+    for p in model.parameters():
+        assert p.dtype == torch.float32 and p.grad is not None and p.grad.dtype == torch.float32
+
+
+def test_autocast_depthwise_module_and_gradients():
+    m = DepthwiseConv3x3(6, activation="leaky_relu")
+    x = torch.randn(2, 6, 7, 5, requires_grad=True)
+    with torch.autocast("cpu", torch.bfloat16), MesrganCalls() as mode:
+        y = m(x)
+    assert mode.calls == [("depthwise_conv3x3", {torch.bfloat16})]
+    assert y.dtype == torch.bfloat16
+    ref = depthwise_conv3x3(x.double(), m.weight.double(), m.bias.double(), activation="leaky_relu")
+    assert_bf16_close(y, ref.detach())
+    y.float().sum().backward()
+    assert x.grad.dtype == m.weight.grad.dtype == m.bias.grad.dtype == torch.float32
+
+
+def test_autocast_float16_on_cpu_falls_back_to_pytorch():
+    m = DepthwiseConv3x3(4)
+    block = BottleneckResidualBlock(4, 4)
+    x = torch.randn(1, 4, 5, 5)
+    with torch.autocast("cpu", torch.float16):
+        assert not _has_kernel(x) and not block.uses_fused(x)
+    assert _has_kernel(x) and block.uses_fused(x)
+    with torch.autocast("cpu", torch.bfloat16):
+        assert _has_kernel(x) and block.uses_fused(x)
+        assert not _has_kernel(x.double()) or kernel_dtype(x.double()) == torch.float64
+
+
+def test_compile_under_autocast():
+    model = tiny_model().eval()
+    x = torch.rand(1, 3, 8, 8)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        want = model(x)
+        got = compiled(x)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2 * want.abs().max().item())
