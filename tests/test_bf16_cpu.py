@@ -19,9 +19,10 @@ from mesrgan.models.blocks import BottleneckResidualBlock, DenseBlock
 from mesrgan.ops import DepthwiseConv3x3, bottleneck_block, depthwise_conv3x3
 from mesrgan.ops.depthwise import _has_kernel, kernel_dtype
 
-# Largest error seen in these tests, relative to the reference's largest magnitude, was about
-# 5e-3 (the gradients: two roundings to bfloat16 in a row); 1.5e-2 leaves a margin of 3.
-TOL = 1.5e-2
+# Largest error seen in these tests, relative to the reference's largest magnitude, was 1.1e-2 (a
+# gradient: two roundings to bfloat16 in a row, then a sum that cancels); most are 2e-3 to 5e-3.
+# 3e-2 leaves a margin of about 3 over the worst.
+TOL = 3e-2
 
 
 def assert_bf16_close(actual, ref, tol=TOL):
@@ -265,7 +266,7 @@ def test_autocast_reaches_the_kernels_in_bfloat16():
     names = {name for name, _ in mode.calls}
     assert "bottleneck_block" in names and "_bottleneck_block_out" in names
     assert all(dtypes == {torch.bfloat16} for _, dtypes in mode.calls)
-    # Through the whole network: each layer's rounding adds up; 1e-2 of the output's scale measured 4e-3.
+    # Through the whole network each layer's rounding adds up: measured 4.4e-3 of the output's scale; 1.5e-2 allowed.
     assert y.dtype == torch.bfloat16
     assert 0 < (y.float() - ref).abs().max() <= 1.5e-2 * ref.abs().max()
 
