@@ -38,7 +38,6 @@ import platform
 import sys
 import time
 
-import numpy as np
 import torch
 
 from mesrgan.atomic import atomic_path, write_text_atomic

@@ -22,8 +22,9 @@ import torch
 from .atomic import write_text_atomic  # noqa: F401  (re-exported for the programs)
 from .models import CheckpointError, load_generator
 
-__all__ = ["UsageError", "resolve_device", "weights_file", "load_checkpoint", "int_range", "float_range", "check_dir", "check_file", "prepare_dir", "prepare_file", "write_text_atomic",
-           "output_stems", "return_freed_memory", "check_finite_weights", "run_program", "Stopped", "DTYPES", "DTYPE_HELP", "resolve_dtype"]
+__all__ = ["UsageError", "resolve_device", "weights_file", "load_checkpoint", "DTYPES", "DTYPE_HELP", "resolve_dtype",
+           "int_range", "float_range", "check_dir", "check_file", "prepare_dir", "prepare_file", "write_text_atomic",
+           "output_stems", "check_finite_weights", "return_freed_memory", "run_program", "Stopped"]
 
 
 class UsageError(Exception):
@@ -206,6 +207,9 @@ def resolve_dtype(name: str | None, device: torch.device, flag: str = "--dtype")
     return dtype
 
 
+_M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+
+
 def return_freed_memory() -> bool:
     """Make glibc hand large freed blocks back to the OS at once (a fixed 64 KiB mmap threshold).
 
@@ -217,9 +221,6 @@ def return_freed_memory() -> bool:
         return ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, 64 * 1024) == 1
     except (OSError, AttributeError):  # not glibc
         return False
-
-
-_M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 
 
 def output_stems(paths) -> dict:

@@ -38,7 +38,6 @@ two sides measure identical pixels. BasicSR gets BGR, as it expects.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import types

@@ -297,7 +297,6 @@ def test_autocast_depthwise_module_and_gradients():
 
 
 def test_autocast_float16_on_cpu_falls_back_to_pytorch():
-    m = DepthwiseConv3x3(4)
     block = BottleneckResidualBlock(4, 4)
     x = torch.randn(1, 4, 5, 5)
     with torch.autocast("cpu", torch.float16):

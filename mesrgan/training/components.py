@@ -18,7 +18,8 @@ from ..data import CropDataset, bundled_images, find_images, load_image, prepare
 from ..models import VGG19_URL, VGGFeatureExtractor, build_discriminator, build_generator, generator_config
 from .config import ConfigError, one_line
 
-__all__ = ["Networks", "pick_device", "build_networks", "check_step_memory", "saved_bytes_per_lr_pixel", "build_train_set", "build_val_set",
+__all__ = ["Networks", "pick_device", "build_networks", "check_step_memory", "saved_bytes_per_lr_pixel",
+           "build_train_set", "build_val_set",
            "vgg_cache_file", "find_vgg_weights", "missing_vgg_text", "perceptual_needed", "build_perceptual"]
 
 
