@@ -21,8 +21,9 @@ import torch
 
 from .atomic import write_text_atomic  # noqa: F401  (re-exported for the programs)
 from .models import CheckpointError, load_generator
+from .models.pretrained import PRETRAINED, PretrainedError, pretrained_path
 
-__all__ = ["UsageError", "resolve_device", "weights_file", "load_checkpoint", "DTYPES", "DTYPE_HELP", "resolve_dtype",
+__all__ = ["UsageError", "resolve_device", "weights_file", "weights_label", "load_checkpoint", "DTYPES", "DTYPE_HELP", "resolve_dtype",
            "int_range", "float_range", "check_dir", "check_file", "prepare_dir", "prepare_file", "write_text_atomic",
            "output_stems", "check_finite_weights", "return_freed_memory", "run_program", "Stopped"]
 
@@ -50,9 +51,15 @@ RUN_FOLDER_WEIGHTS = ("best.pt", "stage1_best.pt", "last.pt")
 
 
 def weights_file(weights: str) -> str:
-    """``--weights``: a checkpoint file, or a training run folder, which stands for its best
+    """``--weights``: a checkpoint file; a training run folder, which stands for its best
     generator: ``best.pt`` (stage 2's, or stage 1's when stage 2 never ran), else ``stage1_best.pt``
-    (stage 1 ended without VGG weights), else ``last.pt``."""
+    (stage 1 ended without VGG weights), else ``last.pt``; or the name of a model shipped with the
+    package (``mesrgan-lite-x4``) where no file or folder of that name exists."""
+    if weights in PRETRAINED and not os.path.exists(weights):
+        try:
+            return pretrained_path(weights)
+        except PretrainedError as e:
+            raise UsageError(f"--weights: {e}") from e
     if not os.path.isdir(weights):
         return weights
     for name in RUN_FOLDER_WEIGHTS:
@@ -60,6 +67,11 @@ def weights_file(weights: str) -> str:
             return os.path.join(weights, name)
     raise UsageError(f"--weights: {weights!r} is a folder without a run's checkpoint ({', '.join(RUN_FOLDER_WEIGHTS)}); "
                      "pass a checkpoint file or a training run folder")
+
+
+def weights_label(given: str, resolved: str) -> str:
+    """How the programs name the generator in their output: a shipped model by its name."""
+    return f"{given} (shipped with mesrgan)" if given in PRETRAINED and resolved != given else resolved
 
 
 def load_checkpoint(weights: str, model: str | None, device, scale: int | None = None):

@@ -41,10 +41,10 @@ import torch
 
 from .cli import (DTYPES, DTYPE_HELP, UsageError, check_dir, check_file, check_finite_weights, int_range,
                   load_checkpoint, output_stems, prepare_dir, prepare_file, resolve_device, resolve_dtype,
-                  run_program, weights_file, write_text_atomic)
+                  run_program, weights_file, weights_label, write_text_atomic)
 from .data import bundled_images, imresize
 from .imageio import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, ImageReadError, is_image_file, read_image, write_image
-from .inference import upscale_tensor
+from .inference import DEFAULT_TILE_PAD, upscale_tensor
 from .metrics import niqe, psnr, rmse, ssim
 from .niqe import NIQE_BLOCK
 from .pi import ma_scorer, perceptual_index
@@ -68,9 +68,9 @@ def build_parser():
         description="PSNR / SSIM / RMSE / NIQE of a super-resolution generator on a set of HR images, "
                     "beside the bicubic baseline.")
     p.add_argument("--weights", required=True, metavar="CKPT",
-                   help="generator checkpoint: ours (last.pt, best.pt, generator .pt) or a training run folder (its "
-                        "best.pt, else stage1_best.pt, else last.pt), a bare state dict, "
-                        "or published ESRGAN RRDBNet weights")
+                   help="generator: a checkpoint (ours: last.pt, best.pt, a generator .pt; a bare state dict; "
+                        "published ESRGAN RRDBNet weights), a training run folder (its best.pt, else "
+                        "stage1_best.pt, else last.pt), or the name of a model shipped with mesrgan (mesrgan-lite-x4)")
     p.add_argument("--model", default=None, help="preset name, needed only when the checkpoint does not say")
     p.add_argument("--data", default=None, metavar="DIR",
                    help="folder of HR images (default: the held-out bundled photographs)")
@@ -91,8 +91,8 @@ def build_parser():
                    help=DTYPE_HELP + ". The metrics are always computed in float64 on the 8-bit images")
     p.add_argument("--tile", type=int_range(1, zero_ok=True), default=0,
                    help="run the model in tiles of this many LR pixels (default 0: whole images, exact)")
-    p.add_argument("--tile-pad", type=int_range(0, 1024), default=32,
-                   help="context pixels around each tile, 0..1024 (default 32)")
+    p.add_argument("--tile-pad", type=int_range(0, 1024), default=DEFAULT_TILE_PAD,
+                   help=f"context pixels around each tile, 0..1024 (default {DEFAULT_TILE_PAD}, as in upscale)")
     p.add_argument("--max-pixels", type=int_range(0), default=None, metavar="N",
                    help="skip images whose header claims more than N pixels, a guard against decompression bombs "
                         f"(default: ${MAX_PIXELS_ENV} or Pillow's limit, {DEFAULT_MAX_PIXELS:,}; 0: no limit)")
@@ -158,8 +158,8 @@ def _niqe_or_nan(img, crop):
     return niqe(img, crop_border=crop)
 
 
-def evaluate_images(generator, images, *, scale, lr_images=None, convention="standard", tile=0, tile_pad=32,
-                    save_dir=None, log=None, ma_score=None):
+def evaluate_images(generator, images, *, scale, lr_images=None, convention="standard", tile=0,
+                    tile_pad=DEFAULT_TILE_PAD, save_dir=None, log=None, ma_score=None):
     """Measure ``generator`` on HR images.
 
     Args:
@@ -286,7 +286,8 @@ def run(args):
     if args.json is not None:
         check_file(args.json, "--json")
     device = resolve_device(args.device)
-    args.weights = weights_file(args.weights)  # a run folder stands for its best generator
+    given = args.weights
+    args.weights = weights_file(given)  # a run folder stands for its best generator, a name for a shipped model
     generator, info, scale = load_checkpoint(args.weights, args.model, device, args.scale)
     check_finite_weights(generator, "--weights", args.weights)
     generator = generator.to(dtype=resolve_dtype(args.dtype, device))
@@ -316,7 +317,8 @@ def run(args):
         if not args.quiet:
             print(msg, file=sys.stderr, flush=True)
 
-    log(f"model: {info['model']} x{scale} from {args.weights} on {device} ({args.dtype}); {len(images)} images "
+    label = weights_label(given, args.weights)
+    log(f"model: {info['model']} x{scale} from {label} on {device} ({args.dtype}); {len(images)} images "
         f"from {source}")
     ma_score, ma_missing = ma_scorer(device)
     rows, failures = evaluate_images(generator, images, scale=scale, lr_images=lr_images, convention=args.metrics,
@@ -324,7 +326,7 @@ def run(args):
                                      ma_score=ma_score)
     conv = CONVENTIONS[args.metrics]
     text = conv["text"].format(crop=scale)
-    title = f"{info['model']} x{scale} ({args.weights}) on {len(rows)} image{'s' if len(rows) != 1 else ''} " \
+    title = f"{info['model']} x{scale} ({label}) on {len(rows)} image{'s' if len(rows) != 1 else ''} " \
             f"from {source}; LR = {'--data-lr' if lr_images is not None else 'bicubic(HR)'}"
     print(format_table(rows, title, text, _pi_line(rows, ma_missing)))
     if failures:

@@ -19,7 +19,7 @@ import importlib.util
 import sys
 
 from .cli import (UsageError, check_file, float_range, int_range, load_checkpoint, prepare_file, run_program,
-                  weights_file)
+                  weights_file, weights_label)
 __all__ = ["main"]
 
 
@@ -28,7 +28,8 @@ def build_parser():
                                 description="Export a SRGAN / ESRGAN / MESRGAN generator checkpoint to ONNX.")
     p.add_argument("--weights", required=True, metavar="CKPT",
                    help="generator checkpoint: ours or a training run folder (its best generator), a bare state dict, "
-                        "or published ESRGAN / Real-ESRGAN weights")
+                        "published ESRGAN / Real-ESRGAN weights, or the name of a model shipped with mesrgan "
+                        "(mesrgan-lite-x4)")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="the .onnx file to write")
     p.add_argument("--model", default=None, help="preset name, needed only when the checkpoint does not say")
     p.add_argument("--opset", type=int_range(18, 30), default=None,
@@ -58,10 +59,11 @@ def run(args):
     if opset > newest:
         raise UsageError(f"--opset {opset}: the installed onnx {onnx.__version__} knows opsets up to {newest}")
     check_file(args.output, "-o")
-    args.weights = weights_file(args.weights)  # a run folder stands for its best generator
+    given = args.weights
+    args.weights = weights_file(given)  # a run folder stands for its best generator, a name for a shipped model
     generator, info, scale = load_checkpoint(args.weights, args.model, "cpu")
     prepare_file(args.output, "-o")
-    print(f"exporting {info['model']} x{scale} from {args.weights} (opset {opset}) ...", file=sys.stderr, flush=True)
+    print(f"exporting {info['model']} x{scale} from {weights_label(given, args.weights)} (opset {opset}) ...", file=sys.stderr, flush=True)
     try:
         export_onnx(generator, args.output, opset=opset)
     except OSError as e:

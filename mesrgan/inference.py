@@ -74,6 +74,7 @@ class _Samples:
 # scratch, the output cache's idle blocks, allocator slack) for every model measured.
 DEFAULT_MAX_MEMORY = 1_000_000_000  # bytes: the default budget of one image (mesrgan.upscale --max-memory)
 MIN_TILE = 32  # the smallest tile tile_for_budget() chooses, whatever the budget
+DEFAULT_TILE_PAD = 16  # context pixels around each tile, for every program and function that tiles
 _TILE_FACTOR = 1.3
 _TILE_CONSTANT = 64_000_000
 _PROBE = 8  # the probe is _PROBE x _PROBE LR pixels (a multiple of every pixel-unshuffle factor)
@@ -128,7 +129,7 @@ def _live_bytes_per_pixel(model, channels=3):
     return known[key]
 
 
-def tile_memory(model, tile: int, tile_pad: int = 16, image_size: tuple[int, int] | None = None) -> int:
+def tile_memory(model, tile: int, tile_pad: int = DEFAULT_TILE_PAD, image_size: tuple[int, int] | None = None) -> int:
     """Estimated peak memory (bytes) of running ``model`` on one tile of ``tile`` LR pixels with
     ``tile_pad`` pixels of context on every side: ``_TILE_FACTOR * B * (tile + 2 * tile_pad)**2 +
     _TILE_CONSTANT``, where ``B`` is the model's peak activation bytes per LR pixel (traced once per
@@ -162,7 +163,7 @@ def image_memory(image_shape: tuple[int, int, int], scale: int, bit_depth: int =
 
 
 def tile_for_budget(model, budget_bytes: int = DEFAULT_MAX_MEMORY, *, image_shape: tuple[int, int, int] | None = None,
-                    scale: int = 4, tile_pad: int = 16, bit_depth: int = 8, input_bytes: int = 1) -> int:
+                    scale: int = 4, tile_pad: int = DEFAULT_TILE_PAD, bit_depth: int = 8, input_bytes: int = 1) -> int:
     """The largest tile whose estimated memory fits ``budget_bytes`` (the default: 1 GB).
 
     With ``image_shape=(h, w, c)`` the image's own buffers (:func:`image_memory`) are taken out of
@@ -232,7 +233,8 @@ def _tiles(model, lr, tile, tile_pad, progress):
                 progress(done, total)
 
 
-def upscale_tensor(model, lr: torch.Tensor, *, tile: int = 0, tile_pad: int = 16, progress=None) -> torch.Tensor:
+def upscale_tensor(model, lr: torch.Tensor, *, tile: int = 0, tile_pad: int = DEFAULT_TILE_PAD,
+                   progress=None) -> torch.Tensor:
     """Run ``model`` on ``lr``, in overlapping tiles when ``tile > 0``.
 
     Each tile of ``tile x tile`` LR pixels is cut out with ``tile_pad`` extra pixels of context on
@@ -288,7 +290,7 @@ def _as_float(pixels):
     return torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
 
 
-def upscale_pixels(model, pixels: np.ndarray, *, tile: int = 0, tile_pad: int = 16, progress=None,
+def upscale_pixels(model, pixels: np.ndarray, *, tile: int = 0, tile_pad: int = DEFAULT_TILE_PAD, progress=None,
                    bit_depth: int | None = None) -> np.ndarray:
     """Upscale one image given as float ``(H, W, C)`` in [0, 1], or as its uint8 / uint16 samples
     (:func:`mesrgan.imageio.read_image_samples`, which saves holding a float copy), C = 1, 2, 3 or 4.

@@ -1,6 +1,6 @@
 """Upscale images with a trained generator.
 
-    python -m mesrgan.upscale INPUT... -o OUTPUT --weights CKPT [--model NAME] [--scale S]
+    python -m mesrgan.upscale INPUT... -o OUTPUT [--weights CKPT|NAME] [--model NAME] [--scale S]
                               [--tile N] [--tile-pad P] [--half | --dtype DTYPE] [--device DEV]
                               [--max-pixels N]
 
@@ -26,11 +26,12 @@ import torch
 
 from .cli import (DTYPES, DTYPE_HELP, UsageError, check_dir, check_file, check_finite_weights, int_range,
                   load_checkpoint, output_stems, prepare_dir, prepare_file, resolve_device, resolve_dtype,
-                  return_freed_memory, run_program, weights_file)
+                  return_freed_memory, run_program, weights_file, weights_label)
+from .models.pretrained import DEFAULT_PRETRAINED
 from .imageio import (DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, ImageReadError, is_image_file, read_image_samples,
                       write_image)
 from .inference import upscale_tensor  # noqa: F401  (re-exported: mesrgan.upscale.upscale_tensor)
-from .inference import DEFAULT_MAX_MEMORY, tile_for_budget, upscale_pixels
+from .inference import DEFAULT_MAX_MEMORY, DEFAULT_TILE_PAD, tile_for_budget, upscale_pixels
 
 __all__ = ["main", "upscale_tensor", "upscale_pixels"]
 
@@ -48,10 +49,11 @@ def build_parser():
                         "Outputs are named <stem>_x<scale>.<ext>; inputs that share a stem get longer names "
                         "(a_jpg_x4.png, a_png_x4.png). An existing output of the same name is replaced, whole "
                         "(written to a temporary file, then renamed), and the progress line says so")
-    p.add_argument("--weights", required=True, metavar="CKPT",
-                   help="generator checkpoint: ours (last.pt, best.pt, generator .pt) or a training run folder (its "
-                        "best.pt, else stage1_best.pt, else last.pt), a bare state dict, "
-                        "or published ESRGAN RRDBNet weights")
+    p.add_argument("--weights", default=None, metavar="CKPT",
+                   help=f"generator: the name of a model shipped with mesrgan (default: {DEFAULT_PRETRAINED}, "
+                        "a x4 MESRGAN-lite, see docs/models/), a checkpoint (ours: last.pt, best.pt, a generator "
+                        ".pt; a bare state dict; published ESRGAN RRDBNet weights), or a training run folder (its "
+                        "best.pt, else stage1_best.pt, else last.pt)")
     p.add_argument("--model", default=None, help="preset name, needed only when the checkpoint does not say "
                    "(srgan, esrgan, mesrgan, esrgan-paper, mesrgan-paper)")
     p.add_argument("--scale", type=int, choices=(1, 2, 4), default=None,
@@ -69,8 +71,8 @@ def build_parser():
                         "and goes over it by that much. Whole runs were measured within the budget from about "
                         "600 MB up, and up to 43%% over it below (docs/evaluation.md). Ignored when --tile is "
                         f"given (default {DEFAULT_MAX_MEMORY // 10**6})")
-    p.add_argument("--tile-pad", type=int_range(0, 1024), default=16,
-                   help="context pixels around each tile, cropped after upscaling, 0..1024 (default 16)")
+    p.add_argument("--tile-pad", type=int_range(0, 1024), default=DEFAULT_TILE_PAD,
+                   help=f"context pixels around each tile, cropped after upscaling, 0..1024 (default {DEFAULT_TILE_PAD})")
     prec = p.add_mutually_exclusive_group()
     prec.add_argument("--half", action="store_true", help="float16 inference (CUDA only); same as --dtype float16")
     prec.add_argument("--dtype", choices=sorted(DTYPES), default=None, help=DTYPE_HELP)
@@ -188,13 +190,17 @@ def run(args):
     return_freed_memory()  # each tile's activations go back to the OS, so the budget holds across tiles
     jobs = _collect_inputs(args.inputs)
     single_file_output = _check_output(args, jobs)
-    args.weights = weights_file(args.weights)  # a run folder stands for its best generator
+    defaulted = args.weights is None
+    given = DEFAULT_PRETRAINED if defaulted else args.weights
+    args.weights = weights_file(given)  # a run folder stands for its best generator, a name for a shipped model
     generator, info, _ = load_checkpoint(args.weights, args.model, device, args.scale)
     check_finite_weights(generator, "--weights", args.weights)
+    source = (f"{given} (shipped with mesrgan; the default without --weights)" if defaulted
+              else weights_label(given, args.weights))
     generator = generator.to(dtype=dtype)
     (prepare_file if single_file_output else prepare_dir)(args.output, "-o")
     scale = info["config"].get("scale", args.scale)
-    _log(args, f"model: {info['model']} x{scale} from {args.weights} on {device} ({str(dtype).replace('torch.', '')})"
+    _log(args, f"model: {info['model']} x{scale} from {source} on {device} ({str(dtype).replace('torch.', '')})"
                f", tile {'off' if args.tile == 0 else args.tile or f'auto (--max-memory {args.max_memory} MB)'}"
                f", tile pad {args.tile_pad}")
     if args.tile is not None and 0 < args.tile < 32:
