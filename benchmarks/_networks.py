@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from benchmarks._common import check_close, exact_fp32
-from mesrgan.deploy import export_onnx
+from mesrgan.inference.onnx_export import export_onnx
 
 # key -> (build_generator name, overrides, has depthwise convs)
 PRESETS = {

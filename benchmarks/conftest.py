@@ -7,7 +7,7 @@ import torch
 from pytest_benchmark.utils import safe_dumps
 
 from benchmarks._common import ENV_DEVICE, ENV_FULL, settings_from_config
-from mesrgan.atomic import write_text_atomic
+from mesrgan.io.atomic import write_text_atomic
 
 DEFAULT_MODELS = "srgan,esrgan-paper,mesrgan-paper,mesrgan-paper-out"
 

@@ -21,7 +21,7 @@ from collections import defaultdict
 import torch
 import torch.nn.functional as F
 
-from mesrgan.atomic import atomic_path, write_text_atomic
+from mesrgan.io.atomic import atomic_path, write_text_atomic
 
 KINDS = ("1x1 conv", "3x3 conv", "depthwise", "fused block", "activation", "concat", "other")
 MODELS = {  # key -> (preset, overrides)

@@ -40,7 +40,7 @@ import time
 
 import torch
 
-from mesrgan.atomic import atomic_path, write_text_atomic
+from mesrgan.io.atomic import atomic_path, write_text_atomic
 
 #: (column name, preset, generator options)
 MODELS = (
@@ -172,7 +172,7 @@ def evaluate(weights, images, device, save_dir):
     """Means of both conventions (and NIQE, PI where possible) for one checkpoint, plus per-image rows."""
     from mesrgan.evaluate import evaluate_images, mean_of
     from mesrgan.cli import load_checkpoint
-    from mesrgan.pi import ma_scorer
+    from mesrgan.metrics.pi import ma_scorer
 
     generator, _, scale = load_checkpoint(weights, None, torch.device(device), SCALE)
     os.makedirs(save_dir, exist_ok=True)

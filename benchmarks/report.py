@@ -25,7 +25,7 @@ import re
 import sys
 from collections import defaultdict
 
-from mesrgan.atomic import atomic_path, write_text_atomic
+from mesrgan.io.atomic import atomic_path, write_text_atomic
 
 # The paper's Table I: forward ms on a GTX 1070 Ti, LR 128x128, fp32, no_grad, mean of 100 runs.
 PAPER_TABLE1 = {

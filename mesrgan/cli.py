@@ -19,7 +19,7 @@ import threading
 
 import torch
 
-from .atomic import write_text_atomic  # noqa: F401  (re-exported for the programs)
+from .io.atomic import write_text_atomic  # noqa: F401  (re-exported for the programs)
 from .models import CheckpointError, load_generator
 from .models.pretrained import PRETRAINED, PretrainedError, pretrained_path
 

@@ -19,7 +19,7 @@ Metric conventions (see :mod:`mesrgan.metrics`):
 * NIQE (no reference, lower is better; :func:`mesrgan.metrics.niqe`): of the SR and of the bicubic
   image alone, on Y, with the convention's border crop; "-" (null in JSON) for an image smaller
   than two 96x96 blocks. PI = ((10 - Ma) + NIQE) / 2 needs Ma et al.'s learned model: computed only
-  when pyiqa and its NRQM model load (:mod:`mesrgan.pi`); otherwise one line says why it is missing.
+  when pyiqa and its NRQM model load (:mod:`mesrgan.metrics.pi`); otherwise one line says why it is missing.
 
 An image whose header claims more than ``--max-pixels`` pixels is skipped unread (a guard against
 decompression bombs), like any unreadable one: the others are still measured, the table and
@@ -43,11 +43,9 @@ from .cli import (DTYPES, DTYPE_HELP, UsageError, check_dir, check_file, check_f
                   load_checkpoint, output_stems, prepare_dir, prepare_file, resolve_device, resolve_dtype,
                   run_program, weights_file, weights_label, write_text_atomic)
 from .data import bundled_images, imresize
-from .imageio import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, ImageReadError, is_image_file, read_image, write_image
+from .io.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, ImageReadError, is_image_file, read_image, write_image
 from .inference import DEFAULT_TILE_PAD, upscale_tensor
-from .metrics import niqe, psnr, rmse, ssim
-from .niqe import NIQE_BLOCK
-from .pi import ma_scorer, perceptual_index
+from .metrics import NIQE_BLOCK, ma_scorer, niqe, perceptual_index, psnr, rmse, ssim
 
 __all__ = ["main", "evaluate_images", "CONVENTIONS", "measure"]
 
@@ -172,7 +170,7 @@ def evaluate_images(generator, images, *, scale, lr_images=None, convention="sta
         tile, tile_pad: passed to :func:`mesrgan.inference.upscale_tensor`.
         save_dir: write ``<name>.png`` SR images there when given.
         log: optional ``callable(str)`` for progress lines.
-        ma_score: optional ``callable(uint8 image) -> float``, Ma et al.'s score (:func:`mesrgan.pi.ma_scorer`);
+        ma_score: optional ``callable(uint8 image) -> float``, Ma et al.'s score (:func:`mesrgan.metrics.pi.ma_scorer`);
             when given, ``"ma"`` and ``"pi"`` are added to the SR and bicubic metrics.
 
     Returns:

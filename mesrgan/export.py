@@ -3,7 +3,7 @@
     python -m mesrgan.export --weights CKPT -o model.onnx [--model NAME] [--opset N] [--no-check]
 
 Every generator of the package exports, those with our compiled depthwise op included: the op
-becomes a standard grouped Conv plus its activation (see :mod:`mesrgan.deploy`). Batch, height
+becomes a standard grouped Conv plus its activation (see :mod:`mesrgan.inference.onnx_export`). Batch, height
 and width are dynamic: input ``lr`` ``(N, 3, H, W)`` float32 in [0, 1], output ``sr``
 ``(N, 3, s*H, s*W)`` (not clamped). Unless ``--no-check`` is given, the file is run in onnxruntime
 (when installed) at another size than the export's and compared with PyTorch.
@@ -20,6 +20,8 @@ import sys
 
 from .cli import (UsageError, check_file, float_range, int_range, load_checkpoint, prepare_file, run_program,
                   weights_file, weights_label)
+from .inference.onnx_export import DEFAULT_OPSET, compare_onnx, export_onnx
+
 __all__ = ["main"]
 
 
@@ -49,8 +51,6 @@ def _missing_exporter():
 
 
 def run(args):
-    from .deploy import DEFAULT_OPSET, compare_onnx, export_onnx
-
     _missing_exporter()
     import onnx
 

@@ -28,7 +28,7 @@ from .cli import (DTYPES, DTYPE_HELP, UsageError, check_dir, check_file, check_f
                   load_checkpoint, output_stems, prepare_dir, prepare_file, resolve_device, resolve_dtype,
                   return_freed_memory, run_program, weights_file, weights_label)
 from .models.pretrained import DEFAULT_PRETRAINED
-from .imageio import (DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, ImageReadError, is_image_file, read_image_samples,
+from .io.images import (DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, ImageReadError, is_image_file, read_image_samples,
                       write_image)
 from .inference import upscale_tensor  # noqa: F401  (re-exported: mesrgan.upscale.upscale_tensor)
 from .inference import DEFAULT_MAX_MEMORY, DEFAULT_TILE_PAD, tile_for_budget, upscale_pixels
@@ -148,7 +148,7 @@ def _check_output(args, jobs):
 
 def _upscale_one(src, stem, generator, args, scale, single_file_output, produced, progress):
     """Read, upscale and write one image (replacing an earlier file of that name whole: see
-    :func:`mesrgan.imageio.write_image`); returns ``(dst, (w, h), (W, H), replaced)``."""
+    :func:`mesrgan.io.images.write_image`); returns ``(dst, (w, h), (W, H), replaced)``."""
     # the stored samples, not float pixels: a float copy of a big input is 4x its 8-bit size
     samples, in_depth, fmt = read_image_samples(src, max_pixels=args.max_pixels)
     h, w, channels = samples.shape

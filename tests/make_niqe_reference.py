@@ -63,7 +63,7 @@ CASES = {
     "coffee_bicubic_x4_288x384": ("coffee.png", (100, 388, 100, 484), 4, "y", 0),
 }
 
-# MATLAB's rgb2gray, written out here independently of mesrgan/_color.py
+# MATLAB's rgb2gray, written out here independently of mesrgan/metrics/_color.py
 _MATLAB_GRAY = np.linalg.inv(np.array([[1.0, 0.956, 0.621], [1.0, -0.272, -0.647], [1.0, -1.106, 1.703]]))[0]
 
 

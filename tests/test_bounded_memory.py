@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-import mesrgan.imageio as imageio
-from mesrgan.imageio import read_png16, to_samples, write_image, write_png16
+import mesrgan.io.images as imageio
+from mesrgan.io.images import read_png16, to_samples, write_image, write_png16
 from mesrgan.inference import upscale_pixels, upscale_tensor
 from mesrgan.models import build_generator
 

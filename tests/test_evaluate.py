@@ -249,7 +249,7 @@ def test_niqe_of_sr_and_bicubic_with_the_conventions_crop():
 
 
 def test_cli_shows_niqe_and_why_pi_is_missing(tmp_path, capsys, monkeypatch):
-    import mesrgan.pi as pi_mod
+    import mesrgan.metrics.pi as pi_mod
     from mesrgan.data import bundled_images
 
     find_spec = pi_mod.importlib.util.find_spec
@@ -278,7 +278,7 @@ def test_cli_shows_niqe_and_why_pi_is_missing(tmp_path, capsys, monkeypatch):
 
 def test_pi_from_an_ma_scorer():
     from mesrgan.data import bundled_images
-    from mesrgan.pi import perceptual_index
+    from mesrgan.metrics.pi import perceptual_index
 
     hr = dict(bundled_images("val"))["chelsea"][:200, :300]
     # a stand-in for Ma (pyiqa's NRQM is not installed here): the plumbing is what is tested

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from mesrgan.deploy import _exported_program, compare_onnx, export_onnx, mesrgan_ops_in
+from mesrgan.inference.onnx_export import _exported_program, compare_onnx, export_onnx, mesrgan_ops_in
 from mesrgan.export import main as export_main
 from mesrgan.models import build_generator, generator_checkpoint
 

@@ -20,7 +20,7 @@ from mesrgan import train as T
 from mesrgan import upscale as U
 from mesrgan.cli import write_text_atomic
 from mesrgan.data import CropDataset, find_images, load_image, scan_images
-from mesrgan.imageio import (DEFAULT_MAX_PIXELS, ImageReadError, ImageTooLargeError, check_image, image_size,
+from mesrgan.io.images import (DEFAULT_MAX_PIXELS, ImageReadError, ImageTooLargeError, check_image, image_size,
                              read_image, read_png16, write_image)
 from mesrgan.models import CheckpointError, build_generator, generator_checkpoint, load_generator, read_checkpoint
 

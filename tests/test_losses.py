@@ -1,10 +1,10 @@
-"""Tests for mesrgan.losses against hand computations."""
+"""Tests for mesrgan.training.losses against hand computations."""
 import math
 
 import pytest
 import torch
 
-from mesrgan import losses as L
+from mesrgan.training import losses as L
 
 
 def _sig(x):

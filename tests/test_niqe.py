@@ -14,7 +14,7 @@ from mesrgan.data.bundled import bundled_data_dir
 from mesrgan.data.datasets import load_image
 from mesrgan.data.resize import imresize
 from mesrgan.metrics import niqe
-from mesrgan.niqe import NIQE_BLOCK, _mscn, load_pristine_model, niqe_features
+from mesrgan.metrics.niqe import NIQE_BLOCK, _mscn, load_pristine_model, niqe_features
 
 # Made by tests/make_niqe_reference.py: BasicSR 1.4.2's NIQE run in float64 (as MATLAB's double), with
 # one line inserted that gives a pixel with a constant 7x7 neighbourhood the MSCN coefficient 0, as
@@ -163,7 +163,7 @@ def test_constant_image_is_undefined():
 
 
 def test_shipped_parameters_are_the_authors():
-    path = os.path.join(os.path.dirname(__import__("mesrgan").__file__), "niqe_params", "niqe_pris_params.npz")
+    path = os.path.join(os.path.dirname(__import__("mesrgan").__file__), "metrics", "niqe_params", "niqe_pris_params.npz")
     with open(path, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
     assert digest == "2a7c182a68c9e7f1b2e2e5ec723279d6f65d912b6fcaf37eb2bf03d7367c4296"

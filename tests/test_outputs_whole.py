@@ -18,7 +18,7 @@ from PIL import Image
 
 from mesrgan import evaluate as E
 from mesrgan import upscale as U
-from mesrgan.atomic import atomic_path
+from mesrgan.io.atomic import atomic_path
 from mesrgan.cli import output_stems
 from mesrgan.models import build_generator, generator_checkpoint
 

@@ -13,7 +13,7 @@ from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mesrgan.data import imresize
-from mesrgan.imageio import ImageReadError, read_image, read_png16, write_image, write_png16
+from mesrgan.io.images import ImageReadError, read_image, read_png16, write_image, write_png16
 from mesrgan.inference import tile_edges, upscale_pixels
 from mesrgan.models import build_generator, generator_checkpoint, generator_config
 from mesrgan.upscale import main, upscale_tensor

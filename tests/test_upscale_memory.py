@@ -45,7 +45,7 @@ def test_tile_for_budget_rule():
 
 
 def test_alpha_in_tiles_equals_the_whole_resize(monkeypatch):
-    import mesrgan.inference as inference
+    import mesrgan.inference.tiling as inference
     from mesrgan.data import imresize
     from mesrgan.inference import upscale_pixels
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import UnidentifiedImageError
 
-from ..imageio import ImageTooLargeError, check_image, read_image_samples, to_samples
+from ..io.images import ImageTooLargeError, check_image, read_image_samples, to_samples
 from .resize import imresize
 
 __all__ = ["IMAGE_EXTENSIONS", "find_images", "load_image", "scan_images", "match_pairs",
@@ -77,7 +77,7 @@ def _to_uint8_rgb(samples: np.ndarray) -> np.ndarray:
 def load_image(path: str, max_pixels: int | None = None) -> np.ndarray:
     """Decode an image file to an ``(H, W, 3)`` uint8 RGB array (grayscale/alpha converted).
 
-    Reads with :func:`mesrgan.imageio.read_image_samples` (EXIF orientation applied, the pixel
+    Reads with :func:`mesrgan.io.images.read_image_samples` (EXIF orientation applied, the pixel
     budget ``max_pixels`` checked first; None: the default budget).
     """
     samples, _, _ = read_image_samples(path, max_pixels=max_pixels)
@@ -86,7 +86,7 @@ def load_image(path: str, max_pixels: int | None = None) -> np.ndarray:
 
 def _image_size(path: str, max_pixels: int | None = None) -> tuple[int, int]:
     """(width, height) of an image within the pixel budget, checking that the file is not
-    truncated or corrupt (:func:`mesrgan.imageio.check_image`)."""
+    truncated or corrupt (:func:`mesrgan.io.images.check_image`)."""
     return check_image(path, max_pixels=max_pixels)
 
 
@@ -94,7 +94,7 @@ def scan_images(paths, min_size: int, what: str = "HR", max_pixels: int | None =
     """Keep the readable images of at least ``min_size`` pixels on both sides.
 
     Unreadable or corrupt files, and images over the pixel budget ``max_pixels`` (None: the
-    default budget of :mod:`mesrgan.imageio`), are skipped with a warning naming each of them;
+    default budget of :mod:`mesrgan.io.images`), are skipped with a warning naming each of them;
     images that are too small are skipped with one warning that counts them.
 
     Returns:
@@ -191,7 +191,7 @@ class CropDataset(torch.utils.data.Dataset):
     (``quantize_lr``) as a saved LR image would be.
 
     Build it with :meth:`from_folders`, :meth:`from_arrays` or :meth:`from_pairs`. ``max_pixels``
-    is the pixel budget of each image file (None: :func:`mesrgan.imageio.default_max_pixels`,
+    is the pixel budget of each image file (None: :func:`mesrgan.io.images.default_max_pixels`,
     which ``MESRGAN_MAX_PIXELS`` sets); files over it are skipped with a warning when scanned.
     """
 

@@ -20,7 +20,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 from PIL import Image
 
-from ..atomic import atomic_path
+from ..io.atomic import atomic_path
 from .datasets import find_images, load_image
 
 __all__ = ["tile_positions", "cut_image", "prepare", "main"]

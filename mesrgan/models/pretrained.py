@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..atomic import atomic_path
+from ..io.atomic import atomic_path
 from .checkpoint import generator_checkpoint, load_generator
 
 __all__ = ["DEFAULT_PRETRAINED", "PRETRAINED", "Pretrained", "PretrainedError", "load_pretrained",

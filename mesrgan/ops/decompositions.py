@@ -2,7 +2,7 @@
 
 ``DECOMPOSITIONS`` maps every op overload of ``torch.ops.mesrgan`` that a model's forward can
 call to a function of the same signature built from standard ATen ops only. Exporters use it
-(:func:`mesrgan.deploy.export_onnx` runs ``ExportedProgram.run_decompositions`` with it): a
+(:func:`mesrgan.inference.onnx_export.export_onnx` runs ``ExportedProgram.run_decompositions`` with it): a
 depthwise convolution becomes a grouped ``Conv`` plus its activation in ONNX, which every runtime
 (onnxruntime, OpenVINO, TensorRT, ncnn) already has.
 

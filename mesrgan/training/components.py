@@ -12,7 +12,7 @@ import warnings
 
 import torch
 
-from .. import losses as L
+from . import losses as L
 from ..cli import UsageError, resolve_device
 from ..data import CropDataset, bundled_images, find_images, load_image, prepare_validation
 from ..models import VGG19_URL, VGGFeatureExtractor, build_discriminator, build_generator, generator_config

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import torch
 
-from ..atomic import write_text_atomic
+from ..io.atomic import write_text_atomic
 from ..data import SampleIdSampler
 from ..models import generator_checkpoint
 from .components import (build_networks, build_perceptual, build_train_set, build_val_set, find_vgg_weights,

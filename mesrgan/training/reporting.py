@@ -15,7 +15,7 @@ import os
 import sys
 import time
 
-from ..atomic import write_text_atomic
+from ..io.atomic import write_text_atomic
 
 __all__ = ["Console", "MetricsLog", "TensorBoardLog", "format_duration", "PLAIN_EVERY_S"]
 

@@ -23,7 +23,7 @@ import time
 import numpy as np
 import torch
 
-from ..atomic import atomic_path, remove_temp_files
+from ..io.atomic import atomic_path, remove_temp_files
 from ..models import CheckpointError, read_checkpoint
 from .config import ConfigError
 
@@ -48,7 +48,7 @@ __all__ = ["RunFolder", "RunLock", "CheckpointWriteError", "save_checkpoint", "r
            "set_rng_state"]
 
 def save_checkpoint(obj, path: str) -> None:
-    """``torch.save`` through :func:`~mesrgan.atomic.atomic_path`: a crash at any moment leaves
+    """``torch.save`` through :func:`~mesrgan.io.atomic.atomic_path`: a crash at any moment leaves
     either the old or the new file, never a torn one. A failed write (a full disk, say) raises
     :class:`CheckpointWriteError` and leaves the old file as it was."""
     folder = os.path.dirname(os.path.abspath(path))

@@ -5,7 +5,7 @@ import contextlib
 
 import torch
 
-from .. import losses as L
+from . import losses as L
 from .distributed import unwrap
 
 __all__ = ["Steps"]

@@ -6,7 +6,7 @@ import os
 import torch
 
 from ..data import imresize, quantize
-from ..imageio import write_image
+from ..io.images import write_image
 from ..metrics import psnr, ssim
 
 __all__ = ["validate", "save_sample"]

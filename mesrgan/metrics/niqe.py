@@ -2,7 +2,7 @@
 
 No reference image: NIQE measures how far the statistics of an image's normalised luminance lie
 from those of pristine natural photographs. Lower is better. The pristine model (a 36-dimensional
-Gaussian) is the authors' own, shipped in ``mesrgan/niqe_params`` (cite the paper wherever NIQE
+Gaussian) is the authors' own, shipped in ``mesrgan/metrics/niqe_params`` (cite the paper wherever NIQE
 scores are reported; see the README there).
 
 The pipeline is the authors' MATLAB ``niqe.m`` (``computequality.m``), step by step, as the field
@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from ._color import gray_of, integer_y_times_255000, y_of
 # NIQE's second scale is MATLAB's imresize, which the data pipeline already reproduces; one copy
 # of that algorithm in the package is better than two that could drift apart.
-from .data.resize import imresize
+from ..data.resize import imresize
 
 __all__ = ["niqe", "NIQE_CONVERSIONS", "NIQE_BLOCK", "niqe_features", "load_pristine_model"]
 

@@ -10,8 +10,11 @@ import weakref
 import numpy as np
 import torch
 
+from ..data import imresize
+from ..io.images import to_samples
+
 __all__ = ["upscale_tensor", "upscale_pixels", "tile_edges", "tile_memory", "image_memory", "tile_for_budget",
-           "DEFAULT_MAX_MEMORY"]
+           "DEFAULT_MAX_MEMORY", "DEFAULT_TILE_PAD", "MIN_TILE"]
 
 # BT.601 luma weights, as Pillow's convert("L") uses them: turn the RGB output of a grey input
 # back into grey
@@ -282,7 +285,7 @@ _ALPHA_TILE, _ALPHA_PAD = 512, 8
 
 def _as_float(pixels):
     """float32 tensor in [0, 1] of float pixels or of uint8 / uint16 samples (divided by 255 /
-    65535 in float32, exactly as :func:`mesrgan.imageio.read_image` does)."""
+    65535 in float32, exactly as :func:`mesrgan.io.images.read_image` does)."""
     if pixels.dtype in (np.uint8, np.uint16):
         # one float32 copy (the samples themselves may be a read-only view of the decoder's buffer)
         return torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).div_(
@@ -293,7 +296,7 @@ def _as_float(pixels):
 def upscale_pixels(model, pixels: np.ndarray, *, tile: int = 0, tile_pad: int = DEFAULT_TILE_PAD, progress=None,
                    bit_depth: int | None = None) -> np.ndarray:
     """Upscale one image given as float ``(H, W, C)`` in [0, 1], or as its uint8 / uint16 samples
-    (:func:`mesrgan.imageio.read_image_samples`, which saves holding a float copy), C = 1, 2, 3 or 4.
+    (:func:`mesrgan.io.images.read_image_samples`, which saves holding a float copy), C = 1, 2, 3 or 4.
 
     The model sees RGB: a grey image is repeated into three channels and its output turned back
     into grey with BT.601 luma weights; an alpha channel is upscaled separately with MATLAB-style
@@ -305,14 +308,11 @@ def upscale_pixels(model, pixels: np.ndarray, *, tile: int = 0, tile_pad: int = 
 
     Args:
         bit_depth: None for float32 pixels in [0, 1]; 8 or 16 for uint8 / uint16 samples, rounded
-            exactly as :func:`mesrgan.imageio.write_image` rounds float pixels.
+            exactly as :func:`mesrgan.io.images.write_image` rounds float pixels.
 
     Returns:
         ``(s*H, s*W, C)``: float32 clamped to [0, 1], or uint8 / uint16 samples.
     """
-    from .data import imresize  # data is a sibling ingredient; imported here to keep this module light
-    from .imageio import to_samples
-
     if pixels.ndim != 3 or pixels.shape[2] not in (1, 2, 3, 4):
         raise ValueError(f"pixels must be (H, W, C) with C in 1..4, got {pixels.shape}")
     if pixels.dtype not in (np.float32, np.float64, np.uint8, np.uint16):

@@ -1,5 +1,5 @@
 """Super-resolution metrics with the field's conventions: PSNR, SSIM and RMSE (full reference),
-and NIQE (no reference; :func:`niqe`, implemented in :mod:`mesrgan.niqe`, documented there).
+and NIQE (no reference; :func:`niqe`, implemented in :mod:`mesrgan.metrics.niqe`, documented there).
 
 For PSNR, SSIM and RMSE, two kinds of input are accepted, and both arguments of one call must be of the same kind:
 
@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from ._color import y_of as _y_of
-from .niqe import niqe
+from .niqe import niqe  # noqa: F401  (one of the metrics: mesrgan.metrics.fidelity.niqe)
 
 __all__ = ["psnr", "ssim", "rmse", "niqe", "rgb_to_y", "SSIM_WINDOWS"]
 

@@ -21,7 +21,8 @@ import os
 
 import torch
 
-from .atomic import atomic_path
+from ..io.atomic import atomic_path
+from ..ops.decompositions import DECOMPOSITIONS
 
 __all__ = ["DEFAULT_OPSET", "MIN_OPSET", "export_onnx", "compare_onnx", "mesrgan_ops_in"]
 
@@ -40,8 +41,6 @@ def mesrgan_ops_in(exported) -> set[str]:
 def _exported_program(model, example):
     """``torch.export`` of ``model`` on ``example`` with batch, height and width dynamic, then
     every mesrgan op decomposed into standard ops."""
-    from .ops.decompositions import DECOMPOSITIONS
-
     dim = torch.export.Dim.DYNAMIC
     with torch.no_grad():
         exported = torch.export.export(model, (example,), dynamic_shapes=({0: dim, 2: dim, 3: dim},))

@@ -402,7 +402,7 @@ def write_image(path, pixels: np.ndarray, *, bit_depth: int = 8, quality: int = 
     ``pixels``: float in [0, 1] (clamped, rounded), or uint8 / uint16 samples (written as they
     are at their own bit depth, else rescaled). ``bit_depth=16`` needs a ``.png`` path. Alpha
     cannot go into JPEG (a ValueError says so). ``quality`` (1..100) applies to JPEG and WebP.
-    The file is written whole or not at all (:func:`mesrgan.atomic.atomic_path`).
+    The file is written whole or not at all (:func:`mesrgan.io.atomic.atomic_path`).
     """
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
