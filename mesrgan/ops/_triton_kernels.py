@@ -35,12 +35,12 @@ def _leaky_grad(z, slope):
 
 
 @triton.jit
-def _operand(a, dtype, UPCAST: tl.constexpr):
-    """a (float32) as a dot operand of the storage dtype, or float32 under UPCAST."""
+def _operand(a, like, UPCAST: tl.constexpr):
+    """a (float32) as a dot operand beside ``like`` (in its dtype), or float32 under UPCAST."""
     if UPCAST:
         return a.to(tl.float32)
     else:
-        return a.to(dtype)
+        return a.to(like.dtype)
 
 
 @triton.jit
@@ -143,7 +143,7 @@ def bottleneck_fwd_kernel(x_ptr, w1_ptr, b1_ptr, wd_ptr, bd_ptr, w2_ptr, b2_ptr,
         a2 = _leaky(_depthwise(scr, wd_ptr, bd_ptr, gr, gc, k, k_ok, HAS_BD, BH, BW, BLOCK_K), slope)
         tl.debug_barrier()  # the next chunk's store must not overwrite rows still being read
         w2 = tl.load(w2_ptr + co[None, :] * HIDDEN + k[:, None], mask=k_ok[:, None] & co_ok[None, :], other=0.0)
-        acc = _dot(_operand(a2, w2.dtype, UPCAST), w2, acc, UPCAST, IN_PREC)
+        acc = _dot(_operand(a2, w2, UPCAST), w2, acc, UPCAST, IN_PREC)
     out_ok = _interior(gr, gc, in_img, 1, BH, BW)[:, None] & co_ok[None, :]
     if HAS_B2:
         acc += tl.load(b2_ptr + co, mask=co_ok, other=0.0).to(tl.float32)[None, :]
@@ -185,7 +185,7 @@ def _grad_expand(x_base, w1_ptr, pw1, gx_base, gz1, pix, core, k, k_ok, C_IN, NE
         ci_ok = ci < C_IN
         if NEED_W1:
             xb = tl.load(x_base + pix[:, None] * C_IN + ci[None, :], mask=core[:, None] & ci_ok[None, :], other=0.0)
-            part = _dot(tl.trans(xb), _operand(gz1, xb.dtype, UPCAST),
+            part = _dot(tl.trans(xb), _operand(gz1, xb, UPCAST),
                         tl.zeros((BLOCK_CI, BLOCK_K), tl.float32), UPCAST, IN_PREC)
             tl.store(pw1 + k[None, :] * C_IN + ci[:, None], part, mask=ci_ok[:, None] & k_ok[None, :])
         if NEED_GX:
@@ -193,7 +193,7 @@ def _grad_expand(x_base, w1_ptr, pw1, gx_base, gz1, pix, core, k, k_ok, C_IN, NE
             ptrs = gx_base + pix[:, None] * C_IN + ci[None, :]
             m = core[:, None] & ci_ok[None, :]
             old = tl.load(ptrs, mask=m, other=0.0)
-            tl.store(ptrs, _dot(_operand(gz1, wb.dtype, UPCAST), wb, old, UPCAST, IN_PREC), mask=m)
+            tl.store(ptrs, _dot(_operand(gz1, wb, UPCAST), wb, old, UPCAST, IN_PREC), mask=m)
 
 
 @triton.jit
@@ -202,20 +202,20 @@ def bottleneck_bwd_kernel(x_ptr, w1_ptr, b1_ptr, wd_ptr, bd_ptr, w2_ptr, gy_ptr,
                           H, W, C_IN, HIDDEN, C_OUT, tiles_w, slope,
                           HAS_B1: tl.constexpr, HAS_BD: tl.constexpr, NEED_GX: tl.constexpr,
                           NEED_W1: tl.constexpr, NEED_B1: tl.constexpr, NEED_WD: tl.constexpr,
-                          NEED_BD: tl.constexpr, NEED_W2: tl.constexpr,
-                          BH: tl.constexpr, BW: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_K: tl.constexpr,
+                          NEED_BD: tl.constexpr, NEED_W2: tl.constexpr, NEED_GZ1: tl.constexpr,
+                          NEED_GZ2: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr, BLOCK_CI: tl.constexpr,
+                          BLOCK_K: tl.constexpr,
                           BLOCK_CO: tl.constexpr, UPCAST: tl.constexpr, IN_PREC: tl.constexpr):
     """Grid (tiles, N). Tile ("core"): (BH - 4) x (BW - 4) pixels, halo 2: gz2 is needed one pixel
     around the core (the transposed depthwise step), and z2 there needs a1 one pixel further.
 
     Weight and bias gradients: each program writes its sums over its core pixels to its own row of
     the partial buffers (pw1 (hidden, C_in), pb1 (hidden), pwd (hidden, 9), pbd (hidden),
-    pw2 (hidden, C_out)); the caller adds the rows up (deterministic, no atomics). gx_ptr is a float32
+    pw2 (hidden, C_out)); NEED_GZ1 / NEED_GZ2: whether the gradients asked for need gz1 / gz2 (the
+    gradients of z1 / z2). The caller adds the rows up (deterministic, no atomics). gx_ptr is a float32
     NHWC buffer the kernel adds gz1 W1 to (the caller fills it with grad_out or zeros).
     """
     P: tl.constexpr = BH * BW
-    NEED_GZ1: tl.constexpr = NEED_GX or NEED_W1 or NEED_B1
-    NEED_GZ2: tl.constexpr = NEED_GZ1 or NEED_WD or NEED_BD
     pid_t = tl.program_id(0)
     n = tl.program_id(1).to(tl.int64)
     prog = n * tl.num_programs(0) + pid_t
@@ -240,7 +240,7 @@ def bottleneck_bwd_kernel(x_ptr, w1_ptr, b1_ptr, wd_ptr, bd_ptr, w2_ptr, gy_ptr,
         z2 = _depthwise(scr_a, wd_ptr, bd_ptr, gr, gc, k, k_ok, HAS_BD, BH, BW, BLOCK_K)
         if NEED_W2:
             a2 = tl.where(core[:, None], _leaky(z2, slope), 0.0)
-            part = _dot(tl.trans(_operand(a2, gy.dtype, UPCAST)), gy, tl.zeros((BLOCK_K, BLOCK_CO), tl.float32),
+            part = _dot(tl.trans(_operand(a2, gy, UPCAST)), gy, tl.zeros((BLOCK_K, BLOCK_CO), tl.float32),
                         UPCAST, IN_PREC)
             tl.store(pw2_ptr + prog * HIDDEN * C_OUT + k[:, None] * C_OUT + co[None, :], part,
                      mask=k_ok[:, None] & co_ok[None, :])

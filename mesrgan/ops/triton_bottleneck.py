@@ -26,15 +26,30 @@ from .depthwise import autocast_dtype
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-# Tile shapes, per mode: the grid of BH x BW pixels around a tile (powers of two), the hidden chunk,
-# the largest channel blocks. Under the interpreter small grids keep tests fast and put small images
-# over several tiles. The CUDA ones are first guesses, untuned (no GPU has run them yet).
+# Tile shapes: the grid of BH x BW pixels around a tile (powers of two), the hidden chunk, the
+# largest channel blocks. Under the interpreter, small grids keep tests fast and put small images
+# over several tiles. The CUDA ones are untuned first choices (no GPU has run them yet), picked by
+# compiling for sm_90 on the CPU (benchmarks/triton_compile_check.py, C_in 192 -> C_out 64): 8 x 16
+# grids, 16 hidden channels a chunk and 8 warps compile without register spills in every dtype,
+# with 16-126 KiB of shared memory (fits an A100's 163 KiB and an H100's 227). 256-pixel grids
+# (8 x 32 forward, 16 x 16 backward; less halo recomputed) spilled 360-1656 bytes at 255 registers,
+# and the float32 backward on a 16 x 16 grid needs 246-268 KiB of shared memory, more than any card
+# has: float32 keeps its own entry so that the 16-bit ones can grow without it.
+_CUDA = {"fwd": (8, 16), "bwd": (8, 16), "block_k": 16, "max_block_ci": 32, "max_block_co": 64, "num_warps": 8}
 TILES = {
     "interpret": {"fwd": (8, 16), "bwd": (8, 16), "block_k": 32, "max_block_ci": 64, "max_block_co": 256,
                   "num_warps": 4},
-    "cuda": {"fwd": (8, 32), "bwd": (16, 16), "block_k": 32, "max_block_ci": 32, "max_block_co": 64,
-             "num_warps": 4},
+    "cuda": dict(_CUDA),
+    "cuda-float32": dict(_CUDA),
 }
+
+
+def tile_config(mode, dtype):
+    """The entry of TILES the kernels launch with for ``mode`` ("interpret" or "cuda") and ``dtype``."""
+    if mode == "cuda" and dtype == torch.float32:
+        return TILES["cuda-float32"]
+    return TILES[mode]
+
 
 _KERNELS = None
 
@@ -92,8 +107,10 @@ def triton_next_pow2(c):
 
 
 def _dot_precision(dtype, mode):
-    tf32 = dtype == torch.float32 and mode == "cuda" and torch.backends.cudnn.allow_tf32
-    return "tf32" if tf32 else "ieee"
+    """tl.dot's input_precision: "ieee" (true float32) for float32 unless TF32 is allowed on the GPU;
+    "tf32", Triton's default, for 16-bit operands, where it changes nothing."""
+    exact = dtype == torch.float32 and (mode != "cuda" or not torch.backends.cudnn.allow_tf32)
+    return "ieee" if exact else "tf32"
 
 
 def _nhwc(t):
@@ -101,11 +118,29 @@ def _nhwc(t):
     return t.permute(0, 2, 3, 1).contiguous()
 
 
-def _common(x, mode):
+def _common(mode, dtype, c_in):
     """Launch settings shared by forward and backward."""
-    cfg = TILES[mode]
-    return dict(UPCAST=mode == "interpret", IN_PREC=_dot_precision(x.dtype, mode), BLOCK_K=cfg["block_k"],
-                BLOCK_CI=_pow2_block(x.shape[1], cfg["max_block_ci"]), num_warps=cfg["num_warps"])
+    cfg = tile_config(mode, dtype)
+    return dict(UPCAST=mode == "interpret", IN_PREC=_dot_precision(dtype, mode), BLOCK_K=cfg["block_k"],
+                BLOCK_CI=_pow2_block(c_in, cfg["max_block_ci"]), num_warps=cfg["num_warps"])
+
+
+def forward_meta(mode, dtype, c_in, c_out, has_biases=(True, True, True), skip=False):
+    """The forward kernel's constexpr arguments (and num_warps) for these sizes; also used by
+    benchmarks/triton_compile_check.py to compile exactly what a launch would."""
+    cfg = tile_config(mode, dtype)
+    bh, bw = cfg["fwd"]
+    return dict(HAS_B1=has_biases[0], HAS_BD=has_biases[1], HAS_B2=has_biases[2], SKIP=bool(skip), BH=bh, BW=bw,
+                BLOCK_CO=_pow2_block(c_out, cfg["max_block_co"]), **_common(mode, dtype, c_in))
+
+
+def backward_meta(mode, dtype, c_in, c_out, mask=(True,) * 7, has_biases=(True, True)):
+    """The backward kernel's constexpr arguments (and num_warps); mask as output_mask, biases applied."""
+    bh, bw = tile_config(mode, dtype)["bwd"]
+    return dict(HAS_B1=has_biases[0], HAS_BD=has_biases[1], NEED_GX=mask[0], NEED_W1=mask[1], NEED_B1=mask[2],
+                NEED_WD=mask[3], NEED_BD=mask[4], NEED_W2=mask[5], NEED_GZ1=any(mask[:3]), NEED_GZ2=any(mask[:5]),
+                BH=bh, BW=bw, BLOCK_CO=_pow2_block(c_out, 1 << 30),  # all of C_out in one block
+                **_common(mode, dtype, c_in))
 
 
 # --- the forward ---------------------------------------------------------------------------------
@@ -145,17 +180,14 @@ def _launch_forward(xl, params, y, hidden, skip, slope, mode):
     ew, eb, dw, db, pw, pb = params
     n, h, w, c_in = xl.shape
     c_out = y.shape[3]
-    cfg, common = TILES[mode], _common(xl.permute(0, 3, 1, 2), mode)
-    bh, bw = cfg["fwd"]
-    block_co = _pow2_block(c_out, cfg["max_block_co"])
+    meta = forward_meta(mode, xl.dtype, c_in, c_out, (eb is not None, db is not None, pb is not None), skip)
+    bh, bw = meta["BH"], meta["BW"]
     tiles_w = -(-w // (bw - 2))
-    grid = (-(-h // (bh - 2)) * tiles_w, n, -(-c_out // block_co))
-    scratch = torch.empty(math.prod(grid) * bh * bw * common["BLOCK_K"], dtype=torch.float32, device=xl.device)
+    grid = (-(-h // (bh - 2)) * tiles_w, n, -(-c_out // meta["BLOCK_CO"]))
+    scratch = torch.empty(math.prod(grid) * bh * bw * meta["BLOCK_K"], dtype=torch.float32, device=xl.device)
     kernels().bottleneck_fwd_kernel[grid](
         xl, ew, eb if eb is not None else ew, dw, db if db is not None else dw, pw, pb if pb is not None else pw,
-        y, scratch, h, w, c_in, hidden, c_out, tiles_w, float(slope),
-        HAS_B1=eb is not None, HAS_BD=db is not None, HAS_B2=pb is not None, SKIP=bool(skip),
-        BH=bh, BW=bw, BLOCK_CO=block_co, **common)
+        y, scratch, h, w, c_in, hidden, c_out, tiles_w, float(slope), **meta)
 
 
 @_forward_op.register_fake
@@ -214,8 +246,8 @@ def _launch_backward(gy, xl, params, gx, mask, slope, mode):
     ew, eb, dw, db, pw = params
     n, h, w, c_in = xl.shape
     hidden, c_out = ew.shape[0], pw.shape[0]
-    cfg, common = TILES[mode], _common(xl.permute(0, 3, 1, 2), mode)
-    bh, bw = cfg["bwd"]
+    meta = backward_meta(mode, xl.dtype, c_in, c_out, mask, (eb is not None, db is not None))
+    bh, bw = meta["BH"], meta["BW"]
     tiles_w = -(-w // (bw - 4))
     grid = (-(-h // (bh - 4)) * tiles_w, n)
     progs = math.prod(grid)
@@ -225,15 +257,12 @@ def _launch_backward(gy, xl, params, gx, mask, slope, mode):
     # One row of partial sums per program, added up below (deterministic: no atomics).
     parts = [torch.empty(progs, *shape, **f32) if need else None for need, shape in
              zip(mask[1:6], ((hidden, c_in), (hidden,), (hidden, 9), (hidden,), (hidden, c_out)))]
-    scratch = torch.empty(progs * 2 * bh * bw * common["BLOCK_K"], **f32)
+    scratch = torch.empty(progs * 2 * bh * bw * meta["BLOCK_K"], **f32)
     dummy = scratch
     kernels().bottleneck_bwd_kernel[grid](
         xl, ew, eb if eb is not None else ew, dw, db if db is not None else dw, pw, gy,
         gx if gx is not None else dummy, *(p if p is not None else dummy for p in parts), scratch,
-        h, w, c_in, hidden, c_out, tiles_w, float(slope),
-        HAS_B1=eb is not None, HAS_BD=db is not None, NEED_GX=mask[0], NEED_W1=mask[1], NEED_B1=mask[2],
-        NEED_WD=mask[3], NEED_BD=mask[4], NEED_W2=mask[5], BH=bh, BW=bw,
-        BLOCK_CO=_pow2_block(c_out, 1 << 30), **common)
+        h, w, c_in, hidden, c_out, tiles_w, float(slope), **meta)
     return _reduce(xl, gx, parts, hidden, c_in, c_out)
 
 
