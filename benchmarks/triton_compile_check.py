@@ -81,8 +81,9 @@ def main(argv=None):
     limit = SHARED_LIMIT.get(args.arch, 99 * 1024)
     ok = True
     for dname, (dtype, storage) in DTYPES.items():
-        for which, fn, meta in (("forward", k.bottleneck_fwd_kernel, tb.forward_meta("cuda", dtype, args.c_in, args.c_out)),
-                                ("backward", k.bottleneck_bwd_kernel, tb.backward_meta("cuda", dtype, args.c_in, args.c_out))):
+        kernels = (("forward", k.bottleneck_fwd_kernel, tb.forward_meta("cuda", dtype, args.c_in, args.c_out)),
+                   ("backward", k.bottleneck_bwd_kernel, tb.backward_meta("cuda", dtype, args.c_in, args.c_out)))
+        for which, fn, meta in kernels:
             t0 = time.time()
             try:
                 kernel = compile_kernel(fn, meta, storage, args.arch)

@@ -202,7 +202,7 @@ def test_gpu_tiles_under_the_interpreter(monkeypatch):
     if not INTERPRETED:
         pytest.skip("runs the CUDA tiles in the interpreter")
     monkeypatch.setitem(tb.TILES, "interpret", {**tb.TILES["cuda"], "num_warps": 4})
-    x, params = make(1, 40, 13, 33, 80, 20, seed=13)
+    x, params = make(1, 40, 9, 17, 48, 20, seed=13)
     leaves = [x.requires_grad_()] + [p.requires_grad_() for p in params]
     y = tb.bottleneck_block_triton(*leaves)
     gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(14), dtype=torch.float64)

@@ -229,7 +229,8 @@ def _backward_op(grad_out: torch.Tensor, x: torch.Tensor, expand_weight: torch.T
 
 def _effective_mask(output_mask, eb, db):
     m = [bool(v) for v in output_mask]
-    torch._check(len(m) == 7, lambda: f"bottleneck_block_triton_backward: output_mask must have 7 entries, got {len(m)}")
+    torch._check(len(m) == 7,
+                 lambda: f"bottleneck_block_triton_backward: output_mask must have 7 entries, got {len(m)}")
     m[2] = m[2] and eb is not None
     m[4] = m[4] and db is not None
     return m
