@@ -283,3 +283,16 @@ except RuntimeError as e:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "clear error" in out.stdout
+
+
+def test_autocast_bfloat16_casts_like_the_compiled_op(device):
+    # Inside torch.autocast, float32 arguments run in the region's dtype; gradients come back in float32.
+    x, params = make(1, 6, 5, 7, 12, 6, seed=15, device=device)
+    leaves = [x.requires_grad_()] + [p.requires_grad_() for p in params]
+    with torch.autocast(device, torch.bfloat16):
+        y = tb.bottleneck_block_triton(*leaves, skip=True)
+    assert y.dtype == torch.bfloat16
+    ref = bottleneck_block_reference(*f64([t.to(torch.bfloat16) for t in [x] + params]), skip=True)
+    assert rel(y, ref) < TOL[torch.bfloat16]
+    y.float().sum().backward()
+    assert all(t.grad is not None and t.grad.dtype == torch.float32 for t in leaves)
