@@ -10,9 +10,12 @@
 #   build           pip install --no-build-isolation --no-deps -e .  for the card's own architecture
 #   test-rest       pytest tests -m "not cuda": the rest of the suite, on the CPU cores, in the
 #                   background during the next three steps (which time nothing)
-#   test-cuda       pytest tests -m cuda
+#   test-cuda       pytest tests -m "cuda and not triton"
+#   test-triton     pytest tests/test_triton_bottleneck.py: the Triton fused block (impl="triton") on
+#                   CUDA, compiled (its first GPU run: it has passed only Triton's interpreter before)
 #   memcheck        compute-sanitizer --tool memcheck  on benchmarks/sanitize_case.py (fwd + bwd)
 #   racecheck       compute-sanitizer --tool racecheck on the same
+#   memcheck-triton, racecheck-triton   the same on `sanitize_case triton` (the Triton block)
 #   bench-op-fp32   benchmarks/test_op.py, float32        (starts once test-rest is over, so that
 #   bench-tab1-128  benchmarks/test_models.py, Table I     nothing else loads the machine; one
 #                   at LR 128 (the paper's setting)        pytest run and JSON file per step, so
@@ -21,6 +24,8 @@
 #   bench-tab1-32   test_models.py, Table I at LR 32
 #   bench-train     test_models.py, training step
 #   train-quick     python -m mesrgan.train --quick on CUDA twice (bf16 + channels_last; fp16 + EMA)
+#   bench-triton    benchmarks/test_triton.py: impl="triton" vs "auto" vs ESRGAN-paper, fp32 / bf16
+#                   (JSON in json/triton/, which the report does not read yet)
 #   report          python -m benchmarks.report -> OUTDIR/RESULTS.md (a section named after the GPU), OUTDIR/table1-cuda.png
 #
 # OUTDIR receives summary.txt (one line per step: name, rc, seconds; then the sanitizer verdicts
@@ -129,7 +134,10 @@ $PY -c "import xdist" 2>/dev/null && XDIST="-n 6"
 step test-rest 200 "OMP_NUM_THREADS=2 $PY -m pytest tests -m 'not cuda' -q -rfE -p no:cacheprovider $XDIST" &
 REST_PID=$!
 
-step test-cuda 180 "$PY -m pytest tests -m cuda -q -rfEs -p no:cacheprovider"
+step test-cuda 180 "$PY -m pytest tests -m 'cuda and not triton' -q -rfEs -p no:cacheprovider"
+
+# Its first compile of each kernel variant takes seconds (Triton's cache is empty on a fresh machine).
+step test-triton 150 "$PY -m pytest tests/test_triton_bottleneck.py -q -rfEs -p no:cacheprovider"
 
 # No caching allocator under memcheck: each tensor its own cudaMalloc, so a read past a tensor's
 # end is caught instead of landing in a pooled block.
@@ -137,6 +145,11 @@ step memcheck 90 "PYTORCH_NO_CUDA_MEMORY_CACHING=1 $SANITIZER --tool memcheck --
 $PY -m benchmarks.sanitize_case"
 
 step racecheck 90 "$SANITIZER --tool racecheck --error-exitcode 3 --print-limit 30 $PY -m benchmarks.sanitize_case"
+
+step memcheck-triton 90 "PYTORCH_NO_CUDA_MEMORY_CACHING=1 $SANITIZER --tool memcheck --error-exitcode 3 --print-limit 30 \
+$PY -m benchmarks.sanitize_case triton"
+
+step racecheck-triton 90 "$SANITIZER --tool racecheck --error-exitcode 3 --print-limit 30 $PY -m benchmarks.sanitize_case triton"
 
 wait "$REST_PID"
 
@@ -154,6 +167,9 @@ step bench-train 45 "$TAB -k model-train --benchmark-json='$JSON/train.json'"
 step train-quick 60 "$PY -m mesrgan.train --model mesrgan --quick --device cuda --amp bf16 --channels-last --workers 2 \
 --no-tensorboard --overwrite --out /tmp/mesrgan-q1 && $PY -m mesrgan.train --model esrgan --quick --device cuda --amp fp16 --ema 0.999 \
 --workers 2 --no-tensorboard --overwrite --out /tmp/mesrgan-q2"
+# In a folder of its own: benchmarks.report does not tabulate these rows yet.
+step bench-triton 150 "mkdir -p '$JSON/triton' && $BENCH benchmarks/test_triton.py --benchmark-max-time=0.1 \
+--benchmark-json='$JSON/triton/triton.json'"
 
 JSONS=$(ls "$JSON"/*.json 2>/dev/null | sed "s/.*/'&'/" | tr '\n' ' ')
 if [ -n "$JSONS" ]; then
@@ -163,7 +179,7 @@ else
 fi
 
 # Sanitizer verdicts and test tallies, for a reader of the summary alone.
-for s in memcheck racecheck; do
+for s in memcheck racecheck memcheck-triton racecheck-triton; do
   [ -f "$LOGS/$s.log" ] && note "$s: $(grep -h 'ERROR SUMMARY\|RACECHECK SUMMARY\|sanitize_case:' "$LOGS/$s.log" | tr '\n' ' ')"
 done
 for f in "$LOGS"/test-*.log "$LOGS"/bench-*.log; do
@@ -173,7 +189,7 @@ FAILED=0
 grep -qE '^[a-z0-9-]+ +rc=([1-9]|nobudget|none)' "$SUMMARY" && FAILED=1
 note "total $(($(date +%s) - START))s; $([ $FAILED -eq 0 ] && echo 'all steps passed' || echo 'SOME STEPS FAILED: see logs')"
 
-for s in build test-cuda test-rest memcheck racecheck; do
+for s in build test-cuda test-rest test-triton memcheck racecheck memcheck-triton racecheck-triton; do
   if [ -f "$LOGS/$s.log" ] && ! grep -qE "^$s +rc=0 " "$SUMMARY"; then
     echo; echo "---- tail of logs/$s.log"; tail -25 "$LOGS/$s.log"
   fi

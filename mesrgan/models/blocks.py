@@ -8,6 +8,10 @@ from torch.nn import functional as F
 from ..ops import DepthwiseConv3x3, bottleneck_block, has_fused_kernel
 from ..ops.dense import dense_bottleneck_stack
 from ..ops.depthwise import IMPLS, autocast_dtype
+from ..ops.triton_bottleneck import bottleneck_block_triton
+
+# The bottleneck block's implementations: the depthwise op's, and the fused block in Triton.
+BLOCK_IMPLS = IMPLS + ("triton",)
 
 HIDDEN_WIDTHS = ("input", "output")
 SCALES = (2, 4)
@@ -75,8 +79,12 @@ class BottleneckResidualBlock(nn.Module):
     fused op (``mesrgan.ops.bottleneck_block``: the hidden tensor is never stored at full size, and
     the backward recomputes it); elsewhere (CUDA) the depthwise step uses our op
     (``mesrgan.ops.DepthwiseConv3x3``) between PyTorch's 1×1 convolutions. ``impl="torch"`` is
-    PyTorch's own path throughout. Parameters and ``state_dict`` are the same for every impl.
-    The fused op has no double backward: use ``impl="torch"`` for ``create_graph=True``.
+    PyTorch's own path throughout. ``impl="triton"`` runs the whole block as the fused op written in
+    Triton (``mesrgan.ops.triton_bottleneck``), for CUDA tensors (CPU tensors only under Triton's
+    interpreter, ``TRITON_INTERPRET=1``); it is chosen only when asked for, never by ``"auto"``, and
+    **has not yet run on a GPU** (it has passed the interpreter tests only). Parameters and
+    ``state_dict`` are the same for every impl. The fused ops have no double backward: use
+    ``impl="torch"`` for ``create_graph=True``.
 
     Args:
         in_channels, out_channels: C_in, C_out.
@@ -84,7 +92,7 @@ class BottleneckResidualBlock(nn.Module):
             describes the block) or ``t * C_out`` (``hidden_width="output"``).
         skip: use the identity skip where the shapes allow it.
         negative_slope: of both LeakyReLUs.
-        impl: ``"auto"``, ``"mesrgan"`` or ``"torch"``, as above.
+        impl: ``"auto"``, ``"mesrgan"``, ``"torch"`` or ``"triton"``, as above.
     """
 
     def __init__(self, in_channels, out_channels, expansion=2, hidden_width="input", skip=True,
@@ -95,15 +103,17 @@ class BottleneckResidualBlock(nn.Module):
         check_positive_int("expansion", expansion)
         if hidden_width not in HIDDEN_WIDTHS:
             raise ValueError(f"hidden_width must be one of {HIDDEN_WIDTHS}, got {hidden_width!r}")
-        if impl not in IMPLS:
-            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+        if impl not in BLOCK_IMPLS:
+            raise ValueError(f"impl must be one of {BLOCK_IMPLS}, got {impl!r}")
         hidden = expansion * (in_channels if hidden_width == "input" else out_channels)
         self.use_skip = bool(skip) and in_channels == out_channels
         self.impl = impl
         self.negative_slope = float(negative_slope)
         self.expand = nn.Conv2d(in_channels, hidden, 1)
         self.act = nn.LeakyReLU(negative_slope, inplace=True)
-        self.dw = DepthwiseConv3x3(hidden, activation="leaky_relu", negative_slope=negative_slope, impl=impl)
+        # The depthwise module holds the weights; under impl="triton" the block never calls it.
+        self.dw = DepthwiseConv3x3(hidden, activation="leaky_relu", negative_slope=negative_slope,
+                                   impl="auto" if impl == "triton" else impl)
         self.project = nn.Conv2d(hidden, out_channels, 1)
 
     @torch.no_grad()
@@ -114,8 +124,9 @@ class BottleneckResidualBlock(nn.Module):
         scaled_kaiming_init_([self.project], scale)
 
     def uses_fused(self, x):
-        """Whether ``forward(x)`` runs the fused op."""
-        return self.impl != "torch" and has_fused_kernel(x) and not torch.jit.is_scripting()
+        """Whether ``forward(x)`` runs the compiled fused op (not the Triton one: the dense block's
+        concatenation-free buffer is built on the compiled op, so under impl="triton" it concatenates)."""
+        return self.impl in ("auto", "mesrgan") and has_fused_kernel(x) and not torch.jit.is_scripting()
 
     def fused_args(self):
         """The fused op's arguments after x: the six parameters, then skip."""
@@ -123,6 +134,9 @@ class BottleneckResidualBlock(nn.Module):
                 self.project.bias, self.use_skip)
 
     def forward(self, x):
+        if self.impl == "triton":
+            return bottleneck_block_triton(x, *self.fused_args()[:6], skip=self.use_skip,
+                                           negative_slope=self.negative_slope)
         if self.uses_fused(x):
             return bottleneck_block(x, *self.fused_args()[:6], skip=self.use_skip, negative_slope=self.negative_slope)
         y = self.project(self.dw(self.act(self.expand(x))))
@@ -139,7 +153,7 @@ class DenseBlock(nn.Module):
     When all five layers are bottleneck blocks that run the fused op on x, in eager mode, the block
     concatenates nothing: the features live in one channels_last buffer whose channel slices the
     layers read and write in place (``mesrgan.ops.dense``). Elsewhere (3×3 convolutions, CUDA,
-    impl="torch", ``torch.compile`` / ``torch.export`` / TorchScript scripting and tracing) it concatenates.
+    impl="torch" or "triton", ``torch.compile`` / ``torch.export`` / TorchScript scripting and tracing) it concatenates.
 
     Args:
         features: F.

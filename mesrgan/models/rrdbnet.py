@@ -139,7 +139,8 @@ class MESRGAN(RRDBNet):
             ``"output"`` (t × its output channels).
         skip: the bottleneck's identity skip, used only where input and output channels match.
         dense_activation: LeakyReLU between dense-block layers, as in ESRGAN.
-        impl: ``DepthwiseConv3x3`` implementation: ``"auto"``, ``"mesrgan"`` or ``"torch"``.
+        impl: the bottleneck blocks' implementation: ``"auto"``, ``"mesrgan"``, ``"torch"`` or ``"triton"``
+            (see :class:`BottleneckResidualBlock`; ``"triton"`` has not yet run on a GPU).
     """
 
     def __init__(self, in_channels=3, out_channels=3, features=64, num_blocks=23, growth=32, dense_blocks=3,
