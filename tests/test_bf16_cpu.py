@@ -193,6 +193,57 @@ def test_block_forward_and_gradients(case, layout):
     assert sum(errs) > 0  # a 1x1 image's project-bias gradient is grad_out itself, exactly
 
 
+# The forward converts band by band: x's rows are widened to float32 as they are read and the output
+# rounded as it is stored, with the float32 block's arithmetic in between. So its result must be, bit
+# for bit, the float32 block's on x's float32 values, rounded once: an independent reference for the
+# band bookkeeping (halo rows, chunk edges, pixel strides) at shapes whose bands do not divide H.
+FORWARD_CASES = [(1, 3, 1, 1, 7, 9, False), (2, 5, 7, 9, 10, 5, True), (1, 17, 13, 1, 34, 17, True),
+                 (3, 16, 37, 5, 48, 16, True), (2, 24, 70, 9, 48, 40, False), (1, 8, 300, 1, 16, 8, True),
+                 (1, 8, 70, 16, 16, 8, True)]
+
+
+def rounded_float32_block(xb, pb, skip):
+    return bottleneck_block(xb.float(), *[p.float() for p in pb], skip=skip).to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("case", FORWARD_CASES)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_block_forward_is_the_rounded_float32_block(case, layout, threads):
+    n, c_in, h, w, hidden, c_out, skip = case
+    x, params = block_inputs(n, c_in, h, w, hidden, c_out, layout, seed=3)
+    xb, pb = x.to(torch.bfloat16), [p.to(torch.bfloat16) for p in params]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # the chunks per image follow the thread count
+    try:
+        y = bottleneck_block(xb, *pb, skip=skip)
+        want = rounded_float32_block(xb, pb, skip)
+    finally:
+        torch.set_num_threads(before)
+    assert y.dtype == torch.bfloat16 and y.stride() == want.stride()
+    assert torch.equal(y, want)
+    assert y.abs().max() > 0
+
+
+def test_block_forward_out_into_a_channel_slice_in_bfloat16():
+    # A dense block's layer writes its output into a slice of the block's buffer, reading its input
+    # from the slice in front: both pixel strides are the buffer's, not the slices' channel counts.
+    x, params = block_inputs(2, 6, 11, 7, 12, 5, "channels_last", seed=4)
+    xb, pb = x.to(torch.bfloat16), [p.to(torch.bfloat16) for p in params]
+    buf = torch.full((2, 14, 11, 7), 7.0, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    buf[:, :6] = xb
+    torch.ops.mesrgan._bottleneck_block_out(buf[:, :6], *pb, False, 0.2, buf[:, 6:11])
+    assert torch.equal(buf[:, 6:11], rounded_float32_block(xb, pb, False))
+    assert torch.equal(buf[:, :6], xb) and (buf[:, 11:] == 7).all()
+
+
+def test_block_forward_empty_shapes():
+    for n, h, w in [(0, 5, 5), (2, 0, 4), (2, 4, 0)]:
+        x, params = block_inputs(n, 4, h, w, 8, 4, "channels_last")
+        y = bottleneck_block(x.to(torch.bfloat16), *[p.to(torch.bfloat16) for p in params], skip=True)
+        assert y.shape == (n, 4, h, w) and y.dtype == torch.bfloat16
+
+
 def test_block_empty_batch_and_opcheck():
     x, params = block_inputs(0, 4, 5, 5, 8, 4, "nchw")
     xb, *pb = bf16_leaves(x, *params)

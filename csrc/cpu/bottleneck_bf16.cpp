@@ -1,11 +1,23 @@
-// The fused block on bfloat16: the float32 block on float32 copies of the operands, the results
-// rounded to bfloat16 (the weight gradients to the weights' dtype, bfloat16 too).
+// The fused block on bfloat16: float32 arithmetic (the float32 block's GEMMs and tile kernels),
+// bfloat16 in memory.
 //
-// This is the correct-first form: x, grad_out and the results are converted whole, so a call holds
-// float32 copies of its activations for its duration. The weights' copies are converted once per
-// call whatever the form. Converting a band of rows at a time inside the tile pipeline would drop
-// the activations' copies; the float32 arithmetic would be the same.
+// Forward: band by band inside the tile pipeline. When a band's rows of x are expanded they are
+// widened into per-thread float32 scratch (a few rows of c_in channels), and the band's output is
+// computed into float32 scratch and rounded to bfloat16 as it is stored, into a new tensor or into
+// a dense block's buffer (forward_out). No full-size float32 tensor exists; the results are the
+// bits the whole-tensor form gave (same float32 operations, one rounding at the end).
+//
+// Backward: still the correct-first form: x, grad_out and the results are converted whole, so a
+// call holds float32 copies of its activations for its duration.
+//
+// The weights are converted to float32 once per call, either way.
 #include "cpu/bottleneck_bf16.h"
+
+#include <ATen/Parallel.h>
+
+#include "cpu/bf16.h"
+#include "cpu/bottleneck_block_cpu.h"
+#include "depthwise_conv3x3.h"
 
 namespace mesrgan {
 namespace cpu {
@@ -22,19 +34,119 @@ at::Tensor nhwc_float_like(const at::Tensor& t) {
   return at::empty(t.sizes(), t.options().dtype(at::kFloat).memory_format(at::MemoryFormat::ChannelsLast));
 }
 
+using namespace cpu::bottleneck;
+
+const uint16_t* bits(const at::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>()); }
+uint16_t* bits_mut(const at::Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>()); }
+
+// P pixels of C channels: bfloat16 ld_src apart -> dense float32. One conversion call when the
+// pixels are dense (a whole tensor's rows), one per pixel in a dense block's buffer.
+void widen_pixels(const uint16_t* src, int64_t ld_src, float* dst, int64_t P, int64_t C) {
+  const auto to_float = bf16_convert().to_float;
+  if (ld_src == C) return to_float(src, dst, P * C);
+  for (int64_t p = 0; p < P; ++p) to_float(src + p * ld_src, dst + p * C, C);
+}
+
+// P pixels of C channels: dense float32 -> bfloat16 ld_dst apart, rounded to nearest-even.
+void narrow_pixels(const float* src, uint16_t* dst, int64_t ld_dst, int64_t P, int64_t C) {
+  const auto from_float = bf16_convert().from_float;
+  if (ld_dst == C) return from_float(src, dst, P * C);
+  for (int64_t p = 0; p < P; ++p) from_float(src + p * C, dst + p * ld_dst, C);
+}
+
+// One call's bfloat16 operands around the float32 Block (whose own x pointer is unused).
+struct Bf16Io {
+  const uint16_t* x;
+  int64_t ld_x;
+  uint16_t* y;
+  int64_t ld_y;
+  const uint16_t* x_row(const Dims& d, int64_t n, int64_t r) const { return x + (n * d.H + r) * d.W * ld_x; }
+};
+
+// Per-thread float32 rows of one band: the hidden window (R + 2 rows) and the depthwise's output
+// (R rows) as in the float32 forward, x's rows being expanded (R + 2 rows) and the band's output.
+struct BandScratch {
+  float *h1, *h2, *xf, *yf;
+  BandScratch(const Dims& d, int64_t R) {
+    const int64_t row = d.row_h();
+    h1 = scratch<float>((2 * R + 2) * row + (R + 2) * d.W * d.c_in + R * d.W * d.c_out);
+    h2 = h1 + (R + 2) * row;
+    xf = h2 + R * row;
+    yf = xf + (R + 2) * d.W * d.c_in;
+  }
+};
+
+// forward_chunk of bottleneck_forward.cpp with x's rows widened as they are read and the output
+// rounded as it is stored.
+void forward_chunk(const Block<float>& k, const Bf16Io& io, int64_t n, int64_t r0, int64_t r1, int64_t R,
+                   const BandScratch& s) {
+  const Dims& d = k.d;
+  const int64_t row = d.row_h();
+  auto widened = [&](int64_t n_, int64_t a, int64_t b) {
+    widen_pixels(io.x_row(d, n_, a), io.ld_x, s.xf, (b - a) * d.W, d.c_in);
+    return Block<float>::RowsOf{s.xf, d.c_in};
+  };
+  int64_t base = r0 - 1;  // image row held by h1's first row
+  for (int64_t a = r0; a < r1; a += R) {
+    const int64_t b = std::min(a + R, r1);
+    if (a == r0) {
+      k.expand_rows(n, a - 1, b + 1, s.h1, widened);
+    } else {
+      std::memmove(s.h1, s.h1 + (a - 1 - base) * row, sizeof(float) * 2 * row);
+      base = a - 1;
+      k.expand_rows(n, a + 1, b + 1, s.h1 + 2 * row, widened);
+    }
+    k.fn.dw_forward(s.h1 + (a - 1 - base) * row, k.wt, k.bd, s.h2, b - a, d.W, d.hidden, k.slope);
+    const int64_t P = (b - a) * d.W;
+    Epilogue<float> ep;
+    ep.bias = k.b2;
+    if (k.skip) {  // x's band rows again (the window's copy has moved on): c_in values a pixel
+      ep.add = widened(n, a, b).p;
+      ep.ld_add = d.c_in;
+    }
+    k.matmul(P, d.c_out, d.hidden, s.h2, d.hidden, 1, mat(k.w2, d.c_out, d.hidden, d.hidden).t(), k.own.project,
+             s.yf, d.c_out, ep);
+    narrow_pixels(s.yf, io.y + (n * d.H + a) * d.W * io.ld_y, io.ld_y, P, d.c_out);
+  }
+}
+
+// y (bfloat16, NHWC, its pixels ld_y apart) = the block of x (bfloat16).
+void forward_into(const Nhwc& x, const at::Tensor& w1, const OptTensor& b1, const at::Tensor& wd, const OptTensor& bd,
+                  const at::Tensor& w2, const OptTensor& b2, bool skip, double slope, const at::Tensor& y,
+                  int64_t ld_y) {
+  const Dims d = dims_of(x.t, w1, w2);
+  if (y.numel() == 0) return;
+  std::vector<at::Tensor> keep;
+  const Block<float> k = make_block<float>(d, nullptr, 0, f32(w1), defined_or_empty(f32(b1)), f32(wd),
+                                           defined_or_empty(f32(bd)), f32(w2), defined_or_empty(f32(b2)), skip, slope,
+                                           false, keep);
+  const Bf16Io io{bits(x.t), x.ld, bits_mut(y), ld_y};
+  const int64_t R = band_rows(d, 256);  // as the float32 forward
+  const int64_t per_image = forward_chunks_per_image(d, R, at::get_num_threads());
+  at::parallel_for(0, d.N * per_image, 1, [&](int64_t begin, int64_t end) {
+    const BandScratch s(d, R);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n = t / per_image, j = t % per_image;
+      forward_chunk(k, io, n, d.H * j / per_image, d.H * (j + 1) / per_image, R, s);
+    }
+  });
+}
+
 }  // namespace
 
-at::Tensor forward(const at::Tensor& x, const at::Tensor& w1, const OptTensor& b1, const at::Tensor& wd,
+at::Tensor forward(const at::Tensor& x_in, const at::Tensor& w1, const OptTensor& b1, const at::Tensor& wd,
                    const OptTensor& bd, const at::Tensor& w2, const OptTensor& b2, bool skip, double slope) {
-  return bf(bottleneck_block_cpu(f32(x), f32(w1), f32(b1), f32(wd), f32(bd), f32(w2), f32(b2), skip, slope));
+  const Nhwc x = as_nhwc(x_in);
+  const Dims d = dims_of(x.t, w1, w2);
+  at::Tensor y = empty_output_cpu({d.N, d.c_out, d.H, d.W}, x.t.options(), Layout::NHWC);
+  forward_into(x, w1, b1, wd, bd, w2, b2, skip, slope, y, std::max<int64_t>(d.c_out, 1));
+  return in_callers_format(y, x_in);
 }
 
 void forward_out(const at::Tensor& x, const at::Tensor& w1, const OptTensor& b1, const at::Tensor& wd,
                  const OptTensor& bd, const at::Tensor& w2, const OptTensor& b2, bool skip, double slope,
                  const at::Tensor& out) {
-  const at::Tensor y = nhwc_float_like(out);
-  bottleneck_block_out_cpu(f32(x), f32(w1), f32(b1), f32(wd), f32(bd), f32(w2), f32(b2), skip, slope, y);
-  out.copy_(y);
+  forward_into(as_nhwc(x), w1, b1, wd, bd, w2, b2, skip, slope, out, pixel_stride(out));
 }
 
 BottleneckGrads backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& w1, const OptTensor& b1,
