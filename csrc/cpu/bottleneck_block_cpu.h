@@ -136,31 +136,29 @@ struct Block {
   // h1 for image rows [lo, hi) of image n into dst (consecutive rows); rows outside the image are
   // the depthwise's zero padding.
   void expand_rows(int64_t n, int64_t lo, int64_t hi, T* dst) const {
-    expand_rows(n, lo, hi, dst, [this](int64_t n_, int64_t a, int64_t) { return RowsOf{x_row(n_, a), ld_x}; });
+    rows_inside(lo, hi, dst, [&](int64_t a, int64_t b, T* out) {
+      matmul((b - a) * d.W, d.hidden, d.c_in, x_row(n, a), ld_x, 1, mat(w1, d.hidden, d.c_in, d.c_in).t(),
+             own.expand, out, d.hidden, expand_epilogue());
+    });
   }
 
-  // x's rows [a, b) of one image as a GEMM reads them: the first pixel and the pixel stride.
-  struct RowsOf {
-    const T* p;
-    int64_t ld;
-  };
-
-  // The same with x's rows from `source(n, a, b)`, for inputs held in another dtype (bfloat16: the
-  // source converts the rows into float32 scratch).
-  template <typename Source>
-  void expand_rows(int64_t n, int64_t lo, int64_t hi, T* dst, Source&& source) const {
+  // Image rows [lo, hi) of hidden rows into dst: zeros for rows outside the image (the depthwise's
+  // padding), fill(a, b, dst's row a) for the rows [a, b) inside.
+  template <typename Fill>
+  void rows_inside(int64_t lo, int64_t hi, T* dst, Fill&& fill) const {
     const int64_t row = d.row_h();
     const int64_t a = std::max<int64_t>(lo, 0), b = std::min(hi, d.H);
     if (a > lo) std::memset(dst, 0, sizeof(T) * (a - lo) * row);
     if (b < hi) std::memset(dst + (std::max(b, lo) - lo) * row, 0, sizeof(T) * (hi - std::max(b, lo)) * row);
-    if (b <= a) return;
-    const int64_t P = (b - a) * d.W;
-    const RowsOf src = source(n, a, b);
+    if (b > a) fill(a, b, dst + (a - lo) * row);
+  }
+
+  Epilogue<T> expand_epilogue() const {
     Epilogue<T> ep;
     ep.bias = b1;
     ep.leaky = true;
-    matmul(P, d.hidden, d.c_in, src.p, src.ld, 1, mat(w1, d.hidden, d.c_in, d.c_in).t(), own.expand,
-           dst + (a - lo) * row, d.hidden, ep);
+    ep.slope = slope;
+    return ep;
   }
 
   // h2 for image rows [lo, hi) into dst from h1, where h1 holds image rows from h1_base on; rows
