@@ -116,7 +116,8 @@ import mesrgan.ops as ops
 torch.manual_seed(0)
 x = torch.randn(2, 13, 9, 21).to(torch.bfloat16)
 w = torch.randn(13, 1, 3, 3).to(torch.bfloat16)
-out = {"convert": torch.ops.mesrgan._cpu_bf16_convert(), "gemm": torch.ops.mesrgan._cpu_gemm()}
+out = {"convert": torch.ops.mesrgan._cpu_bf16_convert(), "gemm": torch.ops.mesrgan._cpu_gemm(),
+       "bf16_gemm": torch.ops.mesrgan._cpu_bf16_gemm()}
 for layout in ("nchw", "nhwc"):
     xi = x.contiguous(memory_format=torch.channels_last) if layout == "nhwc" else x
     xi = xi.clone().requires_grad_()
@@ -146,6 +147,10 @@ def test_isa_and_gemm_paths_agree(tmp_path):
     runs.update({f"gemm-{g}": {"MESRGAN_CPU_GEMM": g} for g in ("avx2", "avx512", "blas")})
     results = {name: run_forced(tmp_path, env, name) for name, env in runs.items()}
     assert results["base"]["convert"] == "base"
+    # The bfloat16 GEMM only where the conversions use AVX512_BF16 (never forced onto a CPU without it).
+    for name in runs:
+        assert (results[name]["bf16_gemm"] == "avx512_bf16") == (results[name]["convert"] == "avx512_bf16")
+    assert results["base"]["bf16_gemm"] == results["avx2"]["bf16_gemm"] == "float32"
     for g in ("avx2", "avx512", "blas"):  # the CPU has all three here; otherwise the nearest one runs
         assert results[f"gemm-{g}"]["gemm"] in (g, "avx2", "blas")
     for name in runs:
@@ -191,6 +196,87 @@ def test_block_forward_and_gradients(case, layout):
     want = grads_of(ref, [xd, *pd], g.double())
     errs = [assert_bf16_close(a, r) for a, r in zip(got, want)]
     assert sum(errs) > 0  # a 1x1 image's project-bias gradient is grad_out itself, exactly
+
+
+# The forward converts band by band: x's rows are read as bfloat16 and the output rounded as it is
+# stored. With the float32 GEMMs (CPUs without AVX512_BF16, or MESRGAN_CPU_ISA=avx2) the arithmetic in
+# between is the float32 block's, so the result must be, bit for bit, the float32 block's on x's
+# float32 values, rounded once: an independent check of the band bookkeeping (halo rows, chunk edges,
+# pixel strides) at shapes whose bands do not divide H. With the bfloat16 GEMM (vdpbf16ps) the
+# depthwise's output is rounded to bfloat16 before the projection: then within bfloat16 rounding of
+# float64. Odd channel counts take the GEMM's odd-K step.
+FORWARD_CASES = [(1, 3, 1, 1, 7, 9, False), (2, 5, 7, 9, 10, 5, True), (1, 17, 13, 1, 34, 17, True),
+                 (3, 16, 37, 5, 48, 16, True), (2, 24, 70, 9, 48, 40, False), (1, 8, 300, 1, 16, 8, True),
+                 (1, 8, 70, 16, 16, 8, True)]
+BF16_GEMM = torch.ops.mesrgan._cpu_bf16_gemm() == "avx512_bf16"
+
+
+def rounded_float32_block(xb, pb, skip):
+    return bottleneck_block(xb.float(), *[p.float() for p in pb], skip=skip).to(torch.bfloat16)
+
+
+def assert_block_forward(y, xb, pb, skip):
+    if BF16_GEMM:
+        assert assert_bf16_close(y, bottleneck_block(xb.double(), *[p.double() for p in pb], skip=skip)) > 0
+    else:
+        assert torch.equal(y, rounded_float32_block(xb, pb, skip))
+
+
+@pytest.mark.parametrize("case", FORWARD_CASES)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_block_forward_band_by_band(case, layout, threads):
+    n, c_in, h, w, hidden, c_out, skip = case
+    x, params = block_inputs(n, c_in, h, w, hidden, c_out, layout, seed=3)
+    xb, pb = x.to(torch.bfloat16), [p.to(torch.bfloat16) for p in params]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # the chunks per image follow the thread count
+    try:
+        y = bottleneck_block(xb, *pb, skip=skip)
+        assert_block_forward(y, xb, pb, skip)
+    finally:
+        torch.set_num_threads(before)
+    assert y.dtype == torch.bfloat16 and y.stride() == rounded_float32_block(xb, pb, skip).stride()
+
+
+def test_block_forward_out_into_a_channel_slice_in_bfloat16():
+    # A dense block's layer writes its output into a slice of the block's buffer, reading its input
+    # from the slice in front: both pixel strides are the buffer's, not the slices' channel counts.
+    x, params = block_inputs(2, 6, 11, 7, 12, 5, "channels_last", seed=4)
+    xb, pb = x.to(torch.bfloat16), [p.to(torch.bfloat16) for p in params]
+    buf = torch.full((2, 14, 11, 7), 7.0, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    buf[:, :6] = xb
+    torch.ops.mesrgan._bottleneck_block_out(buf[:, :6], *pb, False, 0.2, buf[:, 6:11])
+    assert_block_forward(buf[:, 6:11], xb, pb, False)
+    assert torch.equal(buf[:, 6:11], bottleneck_block(xb, *pb, skip=False))
+    assert torch.equal(buf[:, :6], xb) and (buf[:, 11:] == 7).all()
+
+
+def test_block_forward_empty_shapes():
+    for n, h, w in [(0, 5, 5), (2, 0, 4), (2, 4, 0)]:
+        x, params = block_inputs(n, 4, h, w, 8, 4, "channels_last")
+        y = bottleneck_block(x.to(torch.bfloat16), *[p.to(torch.bfloat16) for p in params], skip=True)
+        assert y.shape == (n, 4, h, w) and y.dtype == torch.bfloat16
+
+
+EXACT_SCRIPT = r"""
+import torch, tests.test_bf16_cpu as t
+assert torch.ops.mesrgan._cpu_bf16_gemm() == "float32"
+for case in t.FORWARD_CASES:
+    for layout in ("nchw", "channels_last"):
+        n, c_in, h, w, hidden, c_out, skip = case
+        x, params = t.block_inputs(n, c_in, h, w, hidden, c_out, layout, seed=3)
+        xb, pb = x.to(torch.bfloat16), [p.to(torch.bfloat16) for p in params]
+        assert torch.equal(t.bottleneck_block(xb, *pb, skip=skip), t.rounded_float32_block(xb, pb, skip)), case
+"""
+
+
+@pytest.mark.parametrize("isa", ["avx2", "base"])
+def test_block_forward_float32_gemms_bit_exact(isa):
+    # The float32-GEMM form of the bfloat16 forward, forced where the CPU would use the bfloat16 GEMM.
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "MESRGAN_CPU_ISA": isa}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "-c", EXACT_SCRIPT], check=True, env=env, cwd=root)
 
 
 def test_block_empty_batch_and_opcheck():

@@ -1,11 +1,30 @@
-// The fused block on bfloat16: the float32 block on float32 copies of the operands, the results
-// rounded to bfloat16 (the weight gradients to the weights' dtype, bfloat16 too).
+// The fused block on bfloat16: float32 arithmetic (the float32 block's GEMMs and tile kernels),
+// bfloat16 in memory.
 //
-// This is the correct-first form: x, grad_out and the results are converted whole, so a call holds
-// float32 copies of its activations for its duration. The weights' copies are converted once per
-// call whatever the form. Converting a band of rows at a time inside the tile pipeline would drop
-// the activations' copies; the float32 arithmetic would be the same.
+// Forward: band by band inside the tile pipeline; the band's output is computed into float32
+// scratch and rounded to bfloat16 as it is stored, into a new tensor or into a dense block's buffer
+// (forward_out). No full-size float32 tensor exists. Two forms of the GEMMs:
+//   - CPUs with AVX512_BF16 (gemm_bf16.h, vdpbf16ps): the expand reads x's bfloat16 rows in place,
+//     the project reads the depthwise's output rounded to bfloat16; float32 accumulation.
+//   - otherwise (or MESRGAN_CPU_ISA=avx2 / base): x's rows are widened into per-thread float32
+//     scratch and the float32 GEMMs run; the result is, bit for bit, the float32 block's rounded.
+// Measured (AMD EPYC family 25 model 17, Zen 4: avx512_bf16, no AMX; 1 thread; (16, 64, 32, 32) ->
+// 128 -> 64, skip; loaded 2-core VM, medians): bf16 / fp32 block time went from 1.06x (NCHW) and
+// 1.16x (channels_last) with whole-tensor copies to 0.58x / 0.60x with vdpbf16ps; the float32-GEMM
+// form alone is about 1.05x.
+//
+// Backward: still the correct-first form: x, grad_out and the results are converted whole, so a
+// call holds float32 copies of its activations for its duration.
+//
+// The weights are converted to float32 once per call, either way.
 #include "cpu/bottleneck_bf16.h"
+
+#include <ATen/Parallel.h>
+
+#include "cpu/bf16.h"
+#include "cpu/bottleneck_block_cpu.h"
+#include "cpu/gemm_bf16.h"
+#include "depthwise_conv3x3.h"
 
 namespace mesrgan {
 namespace cpu {
@@ -22,19 +41,168 @@ at::Tensor nhwc_float_like(const at::Tensor& t) {
   return at::empty(t.sizes(), t.options().dtype(at::kFloat).memory_format(at::MemoryFormat::ChannelsLast));
 }
 
+using namespace cpu::bottleneck;
+
+const uint16_t* bits(const at::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>()); }
+uint16_t* bits_mut(const at::Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>()); }
+
+// P pixels of C channels: bfloat16 ld_src apart -> dense float32. One conversion call when the
+// pixels are dense (a whole tensor's rows), one per pixel in a dense block's buffer.
+void widen_pixels(const uint16_t* src, int64_t ld_src, float* dst, int64_t P, int64_t C) {
+  const auto to_float = bf16_convert().to_float;
+  if (ld_src == C) return to_float(src, dst, P * C);
+  for (int64_t p = 0; p < P; ++p) to_float(src + p * ld_src, dst + p * C, C);
+}
+
+// P pixels of C channels: dense float32 -> bfloat16 ld_dst apart, rounded to nearest-even.
+void narrow_pixels(const float* src, uint16_t* dst, int64_t ld_dst, int64_t P, int64_t C) {
+  const auto from_float = bf16_convert().from_float;
+  if (ld_dst == C) return from_float(src, dst, P * C);
+  for (int64_t p = 0; p < P; ++p) from_float(src + p * C, dst + p * ld_dst, C);
+}
+
+// One call's bfloat16 operands around the float32 Block (whose own x pointer is unused).
+struct Bf16Io {
+  const uint16_t* x;
+  int64_t ld_x;
+  uint16_t* y;
+  int64_t ld_y;
+  const uint16_t* x_row(const Dims& d, int64_t n, int64_t r) const { return x + (n * d.H + r) * d.W * ld_x; }
+};
+
+// B for the bfloat16 GEMM (gemm_bf16.h), when it runs: W1^T and W2^T packed from the float32
+// copies of the weights (exact: they were bfloat16).
+struct Bf16Weights {
+  bool on = false;
+  gemm::BMatrixBf16 expand, project;
+};
+
+Bf16Weights pack_bf16_weights(const Block<float>& k, std::vector<at::Tensor>& keep) {
+  Bf16Weights b;
+  if (!gemm::use_gemm_bf16()) return b;
+  const Dims& d = k.d;
+  const int64_t s1 = gemm::packed_size_bf16(d.c_in, d.hidden), s2 = gemm::packed_size_bf16(d.hidden, d.c_out);
+  at::Tensor packed = at::empty({s1 + s2}, at::TensorOptions().dtype(at::kBFloat16));
+  uint16_t* p = bits_mut(packed);
+  b.expand = gemm::pack_b_bf16(k.w1, d.c_in, d.hidden, 1, d.c_in, p);
+  b.project = gemm::pack_b_bf16(k.w2, d.hidden, d.c_out, 1, d.hidden, p + s1);
+  keep.push_back(packed);
+  b.on = true;
+  return b;
+}
+
+// Per-thread rows of one band: the hidden window (R + 2 rows) and the depthwise's output (R rows) as
+// in the float32 forward, x's rows widened (R + 2 rows), the band's float32 output, and the
+// depthwise's output rounded for the bfloat16 GEMM.
+struct BandScratch {
+  float *h1, *h2, *xf, *yf;
+  uint16_t* h2b;
+  BandScratch(const Dims& d, int64_t R) {
+    const int64_t row = d.row_h();
+    h1 = scratch<float>((2 * R + 2) * row + (R + 2) * d.W * d.c_in + R * d.W * d.c_out + (R * row + 1) / 2 + 16);
+    h2 = h1 + (R + 2) * row;
+    xf = h2 + R * row;
+    yf = xf + (R + 2) * d.W * d.c_in;
+    h2b = reinterpret_cast<uint16_t*>(yf + R * d.W * d.c_out);
+  }
+};
+
+// C (P x N) = A . B then ep, A being P pixels of bfloat16 (lda apart) and B the bfloat16 GEMM's.
+void gemm_bf16(int64_t P, int64_t N, int64_t K, const uint16_t* A, int64_t lda, const gemm::BMatrixBf16& B, float* C,
+               Epilogue<float> ep, float slope) {
+  ep.slope = slope;
+#ifdef MESRGAN_HAVE_X86_KERNELS
+  gemm::gemm_bf16_avx512(P, N, K, A, lda, B, C, N, ep);
+#else
+  TORCH_CHECK(false, "bottleneck_block: no bfloat16 GEMM in this build");
+#endif
+}
+
+// forward_chunk of bottleneck_forward.cpp on bfloat16 memory. With the bfloat16 GEMM, the expand
+// reads x's rows in place and the project reads the depthwise's output rounded to bfloat16 (one more
+// rounding than the float32 form, as oneDNN's bfloat16 convolutions round their inputs); without it
+// x's rows are widened and the float32 GEMMs run. Either way the output is rounded as it is stored.
+void forward_chunk(const Block<float>& k, const Bf16Weights& wb, const Bf16Io& io, int64_t n, int64_t r0, int64_t r1,
+                   int64_t R, const BandScratch& s) {
+  const Dims& d = k.d;
+  const int64_t row = d.row_h();
+  auto widen_x = [&](int64_t a, int64_t b) { widen_pixels(io.x_row(d, n, a), io.ld_x, s.xf, (b - a) * d.W, d.c_in); };
+  auto expand = [&](int64_t a, int64_t b, float* out) {
+    const int64_t P = (b - a) * d.W;
+    if (wb.on) return gemm_bf16(P, d.hidden, d.c_in, io.x_row(d, n, a), io.ld_x, wb.expand, out,
+                                k.expand_epilogue(), k.slope);
+    widen_x(a, b);
+    k.matmul(P, d.hidden, d.c_in, s.xf, d.c_in, 1, mat(k.w1, d.hidden, d.c_in, d.c_in).t(), k.own.expand, out,
+             d.hidden, k.expand_epilogue());
+  };
+  int64_t base = r0 - 1;  // image row held by h1's first row
+  for (int64_t a = r0; a < r1; a += R) {
+    const int64_t b = std::min(a + R, r1);
+    if (a == r0) {
+      k.rows_inside(a - 1, b + 1, s.h1, expand);
+    } else {
+      std::memmove(s.h1, s.h1 + (a - 1 - base) * row, sizeof(float) * 2 * row);
+      base = a - 1;
+      k.rows_inside(a + 1, b + 1, s.h1 + 2 * row, expand);
+    }
+    k.fn.dw_forward(s.h1 + (a - 1 - base) * row, k.wt, k.bd, s.h2, b - a, d.W, d.hidden, k.slope);
+    const int64_t P = (b - a) * d.W;
+    Epilogue<float> ep;
+    ep.bias = k.b2;
+    if (k.skip) {  // x's band rows in float32 (c_in values a pixel)
+      widen_x(a, b);
+      ep.add = s.xf;
+      ep.ld_add = d.c_in;
+    }
+    if (wb.on) {
+      bf16_convert().from_float(s.h2, s.h2b, P * d.hidden);
+      gemm_bf16(P, d.c_out, d.hidden, s.h2b, d.hidden, wb.project, s.yf, ep, k.slope);
+    } else {
+      k.matmul(P, d.c_out, d.hidden, s.h2, d.hidden, 1, mat(k.w2, d.c_out, d.hidden, d.hidden).t(), k.own.project,
+               s.yf, d.c_out, ep);
+    }
+    narrow_pixels(s.yf, io.y + (n * d.H + a) * d.W * io.ld_y, io.ld_y, P, d.c_out);
+  }
+}
+
+// y (bfloat16, NHWC, its pixels ld_y apart) = the block of x (bfloat16).
+void forward_into(const Nhwc& x, const at::Tensor& w1, const OptTensor& b1, const at::Tensor& wd, const OptTensor& bd,
+                  const at::Tensor& w2, const OptTensor& b2, bool skip, double slope, const at::Tensor& y,
+                  int64_t ld_y) {
+  const Dims d = dims_of(x.t, w1, w2);
+  if (y.numel() == 0) return;
+  std::vector<at::Tensor> keep;
+  const Block<float> k = make_block<float>(d, nullptr, 0, f32(w1), defined_or_empty(f32(b1)), f32(wd),
+                                           defined_or_empty(f32(bd)), f32(w2), defined_or_empty(f32(b2)), skip, slope,
+                                           false, keep);
+  const Bf16Weights wb = pack_bf16_weights(k, keep);
+  const Bf16Io io{bits(x.t), x.ld, bits_mut(y), ld_y};
+  const int64_t R = band_rows(d, 256);  // as the float32 forward
+  const int64_t per_image = forward_chunks_per_image(d, R, at::get_num_threads());
+  at::parallel_for(0, d.N * per_image, 1, [&](int64_t begin, int64_t end) {
+    const BandScratch s(d, R);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n = t / per_image, j = t % per_image;
+      forward_chunk(k, wb, io, n, d.H * j / per_image, d.H * (j + 1) / per_image, R, s);
+    }
+  });
+}
+
 }  // namespace
 
-at::Tensor forward(const at::Tensor& x, const at::Tensor& w1, const OptTensor& b1, const at::Tensor& wd,
+at::Tensor forward(const at::Tensor& x_in, const at::Tensor& w1, const OptTensor& b1, const at::Tensor& wd,
                    const OptTensor& bd, const at::Tensor& w2, const OptTensor& b2, bool skip, double slope) {
-  return bf(bottleneck_block_cpu(f32(x), f32(w1), f32(b1), f32(wd), f32(bd), f32(w2), f32(b2), skip, slope));
+  const Nhwc x = as_nhwc(x_in);
+  const Dims d = dims_of(x.t, w1, w2);
+  at::Tensor y = empty_output_cpu({d.N, d.c_out, d.H, d.W}, x.t.options(), Layout::NHWC);
+  forward_into(x, w1, b1, wd, bd, w2, b2, skip, slope, y, std::max<int64_t>(d.c_out, 1));
+  return in_callers_format(y, x_in);
 }
 
 void forward_out(const at::Tensor& x, const at::Tensor& w1, const OptTensor& b1, const at::Tensor& wd,
                  const OptTensor& bd, const at::Tensor& w2, const OptTensor& b2, bool skip, double slope,
                  const at::Tensor& out) {
-  const at::Tensor y = nhwc_float_like(out);
-  bottleneck_block_out_cpu(f32(x), f32(w1), f32(b1), f32(wd), f32(bd), f32(w2), f32(b2), skip, slope, y);
-  out.copy_(y);
+  forward_into(as_nhwc(x), w1, b1, wd, bd, w2, b2, skip, slope, out, pixel_stride(out));
 }
 
 BottleneckGrads backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& w1, const OptTensor& b1,

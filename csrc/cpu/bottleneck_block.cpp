@@ -27,16 +27,15 @@ Dims dims_of(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2) {
 const at::Tensor* opt(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined() ? &*t : nullptr; }
 
 template <typename T>
-Block<T> make_block(const at::Tensor& x, int64_t ld_x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& wd,
-                    const at::Tensor& bd, const at::Tensor& w2, const at::Tensor& b2, bool skip, double slope,
-                    bool rotated, std::vector<at::Tensor>& keep) {
-  const Dims d = dims_of(x, w1, w2);
+Block<T> make_block(const Dims& d, const T* x, int64_t ld_x, const at::Tensor& w1, const at::Tensor& b1,
+                    const at::Tensor& wd, const at::Tensor& bd, const at::Tensor& w2, const at::Tensor& b2, bool skip,
+                    double slope, bool rotated, std::vector<at::Tensor>& keep) {
   keep = {w1.reshape({d.hidden, d.c_in}).contiguous(), wd.reshape({d.hidden, 9}).t().contiguous(),
           rotated ? wd.flip({2, 3}).reshape({d.hidden, 9}).t().contiguous() : at::Tensor(),
           w2.reshape({d.c_out, d.hidden}).contiguous(),
           b1.defined() ? b1.contiguous() : b1, bd.defined() ? bd.contiguous() : bd,
           b2.defined() ? b2.contiguous() : b2};
-  Block<T> k{d, x.data_ptr<T>(), ld_x, keep[0].data_ptr<T>(), ptr_or_null<T>(keep[4]), keep[1].data_ptr<T>(),
+  Block<T> k{d, x, ld_x, keep[0].data_ptr<T>(), ptr_or_null<T>(keep[4]), keep[1].data_ptr<T>(),
              ptr_or_null<T>(keep[2]), ptr_or_null<T>(keep[5]), keep[3].data_ptr<T>(), ptr_or_null<T>(keep[6]),
              skip, static_cast<T>(slope), cpu::kernels<T>().tiles, nullptr, OwnWeights{}};
   if constexpr (std::is_same_v<T, float>) {
@@ -46,7 +45,7 @@ Block<T> make_block(const at::Tensor& x, int64_t ld_x, const at::Tensor& w1, con
       namespace g = cpu::gemm;
       const int64_t sizes[4] = {g::packed_size(d.c_in, d.hidden), g::packed_size(d.hidden, d.c_out),
                                 g::packed_size(d.c_out, d.hidden), g::packed_size(d.hidden, d.c_in)};
-      at::Tensor packed = at::empty({sizes[0] + sizes[1] + sizes[2] + sizes[3]}, x.options());
+      at::Tensor packed = at::empty({sizes[0] + sizes[1] + sizes[2] + sizes[3]}, w1.options());
       float* p = packed.data_ptr<float>();
       const float* w1p = k.w1;
       const float* w2p = k.w2;
@@ -94,10 +93,10 @@ void check_destination(const at::Tensor& t, const at::Tensor& x, int64_t c, cons
                     " must be channels_last or a channel slice of a channels_last tensor, got strides ", t.strides());
 }
 
-template Block<float> make_block<float>(const at::Tensor&, int64_t, const at::Tensor&, const at::Tensor&,
+template Block<float> make_block<float>(const Dims&, const float*, int64_t, const at::Tensor&, const at::Tensor&,
                                        const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                        bool, double, bool, std::vector<at::Tensor>&);
-template Block<double> make_block<double>(const at::Tensor&, int64_t, const at::Tensor&, const at::Tensor&,
+template Block<double> make_block<double>(const Dims&, const double*, int64_t, const at::Tensor&, const at::Tensor&,
                                          const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                          bool, double, bool, std::vector<at::Tensor>&);
 

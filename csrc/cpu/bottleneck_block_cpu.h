@@ -44,6 +44,12 @@ struct Dims {
 // while its hidden rows stay in L2.
 inline int64_t band_rows(const Dims& d, int64_t pixels) { return std::max<int64_t>(1, std::min(d.H, pixels / d.W)); }
 
+// The forward's chunks per image for bands of R rows: enough chunks for every thread, each of at
+// least two bands so that halo rows stay few.
+inline int64_t forward_chunks_per_image(const Dims& d, int64_t R, int64_t threads) {
+  return std::max<int64_t>(1, std::min((2 * threads + d.N - 1) / d.N, d.H / (2 * R)));
+}
+
 // Per-thread scratch that outlives the call: a fresh allocation of this size per call would be
 // served by mmap and cost a page fault per page.
 template <typename T>
@@ -130,17 +136,29 @@ struct Block {
   // h1 for image rows [lo, hi) of image n into dst (consecutive rows); rows outside the image are
   // the depthwise's zero padding.
   void expand_rows(int64_t n, int64_t lo, int64_t hi, T* dst) const {
+    rows_inside(lo, hi, dst, [&](int64_t a, int64_t b, T* out) {
+      matmul((b - a) * d.W, d.hidden, d.c_in, x_row(n, a), ld_x, 1, mat(w1, d.hidden, d.c_in, d.c_in).t(),
+             own.expand, out, d.hidden, expand_epilogue());
+    });
+  }
+
+  // Image rows [lo, hi) of hidden rows into dst: zeros for rows outside the image (the depthwise's
+  // padding), fill(a, b, dst's row a) for the rows [a, b) inside.
+  template <typename Fill>
+  void rows_inside(int64_t lo, int64_t hi, T* dst, Fill&& fill) const {
     const int64_t row = d.row_h();
     const int64_t a = std::max<int64_t>(lo, 0), b = std::min(hi, d.H);
     if (a > lo) std::memset(dst, 0, sizeof(T) * (a - lo) * row);
     if (b < hi) std::memset(dst + (std::max(b, lo) - lo) * row, 0, sizeof(T) * (hi - std::max(b, lo)) * row);
-    if (b <= a) return;
-    const int64_t P = (b - a) * d.W;
+    if (b > a) fill(a, b, dst + (a - lo) * row);
+  }
+
+  Epilogue<T> expand_epilogue() const {
     Epilogue<T> ep;
     ep.bias = b1;
     ep.leaky = true;
-    matmul(P, d.hidden, d.c_in, x_row(n, a), ld_x, 1, mat(w1, d.hidden, d.c_in, d.c_in).t(), own.expand,
-           dst + (a - lo) * row, d.hidden, ep);
+    ep.slope = slope;
+    return ep;
   }
 
   // h2 for image rows [lo, hi) into dst from h1, where h1 holds image rows from h1_base on; rows
@@ -181,9 +199,17 @@ at::Tensor defined_or_empty(const c10::optional<at::Tensor>& t);
 // The block's weights in the layouts the kernels read; `keep` holds the tensors behind the pointers.
 // `rotated`: also the depthwise weight rotated 180° (the backward's). float and double.
 template <typename T>
+Block<T> make_block(const Dims& d, const T* x, int64_t ld_x, const at::Tensor& w1, const at::Tensor& b1,
+                    const at::Tensor& wd, const at::Tensor& bd, const at::Tensor& w2, const at::Tensor& b2, bool skip,
+                    double slope, bool rotated, std::vector<at::Tensor>& keep);
+
+// The same with x's shape and data from the tensor x (of dtype T).
+template <typename T>
 Block<T> make_block(const at::Tensor& x, int64_t ld_x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& wd,
                     const at::Tensor& bd, const at::Tensor& w2, const at::Tensor& b2, bool skip, double slope,
-                    bool rotated, std::vector<at::Tensor>& keep);
+                    bool rotated, std::vector<at::Tensor>& keep) {
+  return make_block<T>(dims_of(x, w1, w2), x.data_ptr<T>(), ld_x, w1, b1, wd, bd, w2, b2, skip, slope, rotated, keep);
+}
 
 // The distance in elements between neighbouring pixels when t's memory is NHWC with each pixel's
 // channels consecutive (a channels_last tensor, or a channel slice of one: a dense block's buffer),

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "cpu/bf16.h"
+#include "cpu/gemm_bf16.h"
 #include "cpu/gemm_choice.h"
 #include "cpu/isa.h"
 
@@ -27,10 +28,15 @@ std::string cpu_gemm(const std::string& which) {
 // The bfloat16 <-> float32 conversion in use: "avx512_bf16", "avx512", "avx2" or "base".
 std::string cpu_bf16_convert() { return cpu::bf16_convert_name(); }
 
+// The fused block's bfloat16 forward GEMMs: "avx512_bf16" (vdpbf16ps on bfloat16 operands) or
+// "float32" (the float32 GEMMs on widened rows).
+std::string cpu_bf16_gemm() { return cpu::gemm::use_gemm_bf16() ? "avx512_bf16" : "float32"; }
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(mesrgan, m) {
   m.def("_cpu_bf16_convert() -> str", &cpu_bf16_convert);
+  m.def("_cpu_bf16_gemm() -> str", &cpu_bf16_gemm);
   m.def("_cpu_tile_isa() -> str", &cpu_tile_isa);
   m.def("_cpu_gemm(str which=\"\") -> str", &cpu_gemm);
 }

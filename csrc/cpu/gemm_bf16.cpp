@@ -1,0 +1,161 @@
+// The bfloat16 GEMM of gemm_bf16.h. A register tile is MR x 32 (MR <= 12, two panels of B), as in
+// gemm_avx512.cpp, but each step takes two k at once: A's pair (A[i][k], A[i][k+1]) is broadcast as
+// one 32-bit value and vdpbf16ps adds A[i][k] B[k][j] + A[i][k+1] B[k+1][j] into lane j. An odd K's
+// last step broadcasts (A[i][K-1], 0), so that it reads nothing past the row. The epilogue is
+// gemm_avx512.cpp's, in registers before the tile's one store.
+//
+// Why: on CPUs with AVX512_BF16 but no AMX (AMD Zen 4 / Zen 5) a vdpbf16ps does twice the
+// multiply-accumulates of a float32 FMA of the same width, and its operands are half the bytes.
+#include "cpu/gemm_bf16.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "cpu/bf16.h"
+
+namespace mesrgan {
+namespace cpu {
+namespace gemm {
+
+int64_t packed_size_bf16(int64_t K, int64_t N) { return ((K + 1) / 2) * 2 * ((N + kNR - 1) / kNR) * kNR; }
+
+BMatrixBf16 pack_b_bf16(const float* src, int64_t K, int64_t N, int64_t ks, int64_t js, uint16_t* dst) {
+  const int64_t pairs = (K + 1) / 2, panels = (N + kNR - 1) / kNR, panel_stride = pairs * 2 * kNR;
+  for (int64_t p = 0; p < panels; ++p)
+    for (int64_t k = 0; k < 2 * pairs; ++k)
+      for (int64_t c = 0; c < kNR; ++c) {
+        const int64_t j = p * kNR + c;
+        dst[p * panel_stride + (k / 2) * 2 * kNR + c * 2 + k % 2] =
+            j < N && k < K ? float_to_bf16(src[k * ks + j * js]) : uint16_t(0);
+      }
+  return BMatrixBf16{dst, panel_stride};
+}
+
+bool use_gemm_bf16() { return std::strcmp(bf16_convert_name(), "avx512_bf16") == 0; }
+
+}  // namespace gemm
+}  // namespace cpu
+}  // namespace mesrgan
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#pragma GCC target("avx512f,avx512bf16,avx2,fma")
+#include <immintrin.h>
+
+namespace mesrgan {
+namespace cpu {
+namespace gemm {
+namespace {
+
+constexpr int kMR = 12;
+constexpr int64_t kMC = 72;  // rows per L2 block of A
+
+inline __mmask16 lanes_below(int64_t n) {
+  return n <= 0 ? __mmask16(0) : n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
+}
+
+// v * (sign > 0 ? 1 : slope); NaN compares false and stays NaN.
+inline __m512 times_leaky_factor(__m512 v, __m512 sign, __m512 slope) {
+  const __mmask16 positive = _mm512_cmp_ps_mask(sign, _mm512_setzero_ps(), _CMP_GT_OQ);
+  return _mm512_mask_mul_ps(v, static_cast<__mmask16>(~positive), v, slope);
+}
+
+inline __m512bh as_bh(__m512i v) { return reinterpret_cast<__m512bh&>(v); }
+
+// One MR x (16 NV) tile at C; B0 / B1 its panels (padded with zeros, so always read whole), `row` /
+// `col` its place in the whole C, nr its columns inside the matrix (FULL: all 16 NV).
+template <int MR, int NV, bool FULL>
+void tile(int64_t K, const uint16_t* A, int64_t lda, const uint16_t* B0, const uint16_t* B1, float* C, int64_t ldc,
+          const Epilogue<float>& ep, int64_t row, int64_t col, int64_t nr) {
+  __m512 acc[MR][NV];
+#pragma GCC unroll 12
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 2
+    for (int h = 0; h < NV; ++h) acc[r][h] = _mm512_setzero_ps();
+  const int64_t pairs = K / 2;
+  for (int64_t q = 0; q < pairs; ++q) {
+    __m512i b[NV];
+    b[0] = _mm512_loadu_si512(B0 + q * 32);
+    if constexpr (NV == 2) b[1] = _mm512_loadu_si512(B1 + q * 32);
+#pragma GCC unroll 12
+    for (int r = 0; r < MR; ++r) {
+      uint32_t pair;
+      std::memcpy(&pair, A + r * lda + 2 * q, sizeof(pair));
+      const __m512i av = _mm512_set1_epi32(static_cast<int>(pair));
+#pragma GCC unroll 2
+      for (int h = 0; h < NV; ++h) acc[r][h] = _mm512_dpbf16_ps(acc[r][h], as_bh(av), as_bh(b[h]));
+    }
+  }
+  if (K % 2) {  // the last k alone: (A[i][K-1], 0) against B's (B[K-1][j], 0)
+    __m512i b[NV];
+    b[0] = _mm512_loadu_si512(B0 + pairs * 32);
+    if constexpr (NV == 2) b[1] = _mm512_loadu_si512(B1 + pairs * 32);
+#pragma GCC unroll 12
+    for (int r = 0; r < MR; ++r) {
+      const __m512i av = _mm512_set1_epi32(static_cast<int>(A[r * lda + K - 1]));
+#pragma GCC unroll 2
+      for (int h = 0; h < NV; ++h) acc[r][h] = _mm512_dpbf16_ps(acc[r][h], as_bh(av), as_bh(b[h]));
+    }
+  }
+  const __mmask16 m[2] = {lanes_below(nr), lanes_below(nr - 16)};
+  const __m512 slope = _mm512_set1_ps(ep.slope);
+#pragma GCC unroll 12
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 2
+    for (int h = 0; h < NV; ++h) {
+      const __mmask16 mk = FULL ? __mmask16(0xFFFF) : m[h];
+      const int64_t j = col + 16 * h;
+      float* c = C + r * ldc + 16 * h;
+      __m512 v = acc[r][h];
+      if (ep.accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, c));
+      if (ep.bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, ep.bias + j));
+      if (ep.leaky) v = times_leaky_factor(v, v, slope);
+      if (ep.add) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, ep.add + (row + r) * ep.ld_add + j));
+      if (ep.mask) v = times_leaky_factor(v, _mm512_maskz_loadu_ps(mk, ep.mask + (row + r) * ep.ld_mask + j), slope);
+      if (FULL) {
+        _mm512_storeu_ps(c, v);
+      } else {
+        _mm512_mask_storeu_ps(c, mk, v);
+      }
+    }
+  }
+}
+
+using TileFn = void (*)(int64_t, const uint16_t*, int64_t, const uint16_t*, const uint16_t*, float*, int64_t,
+                        const Epilogue<float>&, int64_t, int64_t, int64_t);
+
+template <int NV, bool FULL, int MR = kMR>
+TileFn tile_for_rows(int64_t mr) {
+  if constexpr (MR == 1) {
+    return &tile<1, NV, FULL>;
+  } else {
+    return mr >= MR ? &tile<MR, NV, FULL> : tile_for_rows<NV, FULL, MR - 1>(mr);
+  }
+}
+
+template <int NV>
+TileFn tile_for(int64_t mr, bool full) {
+  return full ? tile_for_rows<NV, true>(mr) : tile_for_rows<NV, false>(mr);
+}
+
+}  // namespace
+
+void gemm_bf16_avx512(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda, const BMatrixBf16& B, float* C,
+                      int64_t ldc, const Epilogue<float>& ep) {
+  for (int64_t i0 = 0; i0 < M; i0 += kMC) {
+    const int64_t i1 = std::min(M, i0 + kMC);
+    for (int64_t j = 0; j < N; j += 2 * kNR) {
+      const int64_t nr = std::min(2 * kNR, N - j);
+      const uint16_t* panel = B.p + (j / kNR) * B.panel_stride;
+      for (int64_t i = i0; i < i1; i += kMR) {
+        const int64_t mr = std::min<int64_t>(kMR, i1 - i);
+        const TileFn fn = nr > kNR ? tile_for<2>(mr, nr == 2 * kNR) : tile_for<1>(mr, nr == kNR);
+        fn(K, A + i * lda, lda, panel, panel + B.panel_stride, C + i * ldc + j, ldc, ep, i, j, nr);
+      }
+    }
+  }
+}
+
+}  // namespace gemm
+}  // namespace cpu
+}  // namespace mesrgan
+#endif
