@@ -54,3 +54,13 @@ def test_a_second_signal_whose_exception_was_dropped_still_stops_at_once(capfd):
             stops.raise_if_at_once()
         assert e.value.signum == signal.SIGTERM
     capfd.readouterr()
+
+
+def test_data_worker_hook_drops_only_a_lost_parent_connection():
+    from mesrgan.training.stops import _drop_lost_parent_errors
+
+    seen = []
+    hook = _drop_lost_parent_errors(lambda *exc_info: seen.append(exc_info[0]))
+    for exc_type in (ConnectionResetError, BrokenPipeError, EOFError, ValueError, RuntimeError):
+        hook(exc_type, exc_type("x"), None)
+    assert seen == [ValueError, RuntimeError]

@@ -8,6 +8,7 @@ from .checkpoint import CheckpointNotFoundError, generator_checkpoint, infer_gen
 from .checkpoint import CheckpointError, read_checkpoint
 from .compute import compute_report, count_macs, format_compute_table, layer_macs
 from .discriminators import SRGANDiscriminator, VGGStyleDiscriminator
+from .pretrained import DEFAULT_PRETRAINED, PRETRAINED, load_pretrained
 from .presets import DISCRIMINATORS, GENERATORS, build_discriminator, build_generator, generator_config
 from .rrdbnet import MESRGAN, RRDB, PaperESRGAN, PaperMESRGAN, RRDBNet
 from .srresnet import ResidualBlockBN, SRResNet
@@ -20,4 +21,4 @@ __all__ = [
     "build_generator", "compute_report", "count_macs", "format_compute_table", "generator_checkpoint",
     "generator_config", "infer_generator", "layer_macs", "load_generator", "scaled_kaiming_init_",
 ]
-__all__ += ["CheckpointError", "read_checkpoint"]
+__all__ += ["CheckpointError", "read_checkpoint", "DEFAULT_PRETRAINED", "PRETRAINED", "load_pretrained"]

@@ -26,7 +26,7 @@ from .optim import StageOptimizers
 from .reporting import Console, MetricsLog, TensorBoardLog
 from .run_folder import RunFolder, rng_state, save_checkpoint, set_rng_state
 from .steps import Steps
-from .stops import StopRequests, ignore_stop_signals, signal_name
+from .stops import StopRequests, init_data_worker, signal_name
 from .validation import save_sample, validate
 
 __all__ = ["Trainer"]
@@ -151,7 +151,7 @@ class Trainer:
             self.train_set, batch_size=sampler.per_rank, sampler=sampler, num_workers=workers,
             pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None, drop_last=False,
-            worker_init_fn=ignore_stop_signals if workers > 0 else None)
+            worker_init_fn=init_data_worker if workers > 0 else None)
 
     # ---- starting, resuming, stages ---------------------------------------------------------------
     def _start_stage(self, stage):

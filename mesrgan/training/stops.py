@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 
-__all__ = ["StopNow", "StopRequests", "ignore_stop_signals"]
+__all__ = ["StopNow", "StopRequests", "ignore_stop_signals", "init_data_worker"]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -35,6 +36,27 @@ def ignore_stop_signals(_worker_id=None) -> None:
     process would then fail on a lost worker)."""
     for s in _SIGNALS:
         signal.signal(s, signal.SIG_IGN)
+
+
+def _drop_lost_parent_errors(default_hook):
+    """A ``sys.excepthook`` for DataLoader workers that stays silent on a broken connection.
+
+    A worker hands each batch's tensors to the main process over a socket served by a thread of
+    multiprocessing's resource sharer. When the main process stops at once (a second Ctrl-C) in
+    the middle of a hand-over, that socket breaks and the thread reports it through
+    ``sys.excepthook``: a traceback after the one-line message, for a stop the user asked for."""
+    def hook(exc_type, exc, tb):
+        if issubclass(exc_type, (ConnectionError, EOFError)):
+            return
+        default_hook(exc_type, exc, tb)
+    return hook
+
+
+def init_data_worker(worker_id=None) -> None:
+    """``worker_init_fn`` of the training DataLoader: the stop signals are the main process's
+    to handle, and a main process gone at once leaves no traceback from the worker."""
+    ignore_stop_signals(worker_id)
+    sys.excepthook = _drop_lost_parent_errors(sys.excepthook)
 
 
 class StopRequests:
