@@ -16,6 +16,8 @@
 #pragma GCC target("avx512f,avx2,fma")
 #include <immintrin.h>
 
+#include "cpu/gemm_avx512_epilogue.h"
+
 namespace mesrgan {
 namespace cpu {
 namespace gemm {
@@ -24,24 +26,13 @@ namespace {
 constexpr int kMR = 12;
 constexpr int64_t kMC = 72;  // rows per L2 block of A
 
-// Lanes [0, n) set (n may be <= 0 or >= 16).
-inline __mmask16 lanes_below(int64_t n) {
-  return n <= 0 ? __mmask16(0) : n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
-}
-
-// v * (sign > 0 ? 1 : slope); NaN compares false and stays NaN.
-inline __m512 times_leaky_factor(__m512 v, __m512 sign, __m512 slope) {
-  const __mmask16 positive = _mm512_cmp_ps_mask(sign, _mm512_setzero_ps(), _CMP_GT_OQ);
-  return _mm512_mask_mul_ps(v, static_cast<__mmask16>(~positive), v, slope);
-}
-
 // One MR x (16 NV) tile whose top-left element is C[0][0]; B0 and B1 are the two panels (B1 unused
 // when NV is 1), `row` / `col` its first row / column in the whole C, nr its columns inside the
 // matrix. FULL: all 16 NV columns are inside (no masks). A_ROWS as in the AVX2 kernel.
 template <int MR, int NV, bool FULL, bool A_ROWS>
 void tile(int64_t K, const float* A, int64_t a_rs, int64_t a_cs, const float* B0, const float* B1, int64_t ldb,
           float* C, int64_t ldc, const Epilogue<float>& ep, int64_t row, int64_t col, int64_t nr) {
-  const __mmask16 m[2] = {lanes_below(nr), lanes_below(nr - 16)};
+  const __mmask16 m[2] = {avx512::lanes_below(nr), avx512::lanes_below(nr - 16)};
   __m512 acc[MR][NV];
 #pragma GCC unroll 12
   for (int r = 0; r < MR; ++r)
@@ -65,27 +56,7 @@ void tile(int64_t K, const float* A, int64_t a_rs, int64_t a_cs, const float* B0
     }
     if (!A_ROWS) A += a_cs;
   }
-  const __m512 slope = _mm512_set1_ps(ep.slope);
-#pragma GCC unroll 12
-  for (int r = 0; r < MR; ++r) {
-#pragma GCC unroll 2
-    for (int h = 0; h < NV; ++h) {
-      const __mmask16 mk = FULL ? __mmask16(0xFFFF) : m[h];
-      const int64_t j = col + 16 * h;
-      float* c = C + r * ldc + 16 * h;
-      __m512 v = acc[r][h];
-      if (ep.accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, c));
-      if (ep.bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, ep.bias + j));
-      if (ep.leaky) v = times_leaky_factor(v, v, slope);
-      if (ep.add) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, ep.add + (row + r) * ep.ld_add + j));
-      if (ep.mask) v = times_leaky_factor(v, _mm512_maskz_loadu_ps(mk, ep.mask + (row + r) * ep.ld_mask + j), slope);
-      if (FULL) {
-        _mm512_storeu_ps(c, v);
-      } else {
-        _mm512_mask_storeu_ps(c, mk, v);
-      }
-    }
-  }
+  avx512::store_tile<MR, NV, FULL>(acc, C, ldc, ep, row, col, m);
 }
 
 using TileFn = void (*)(int64_t, const float*, int64_t, int64_t, const float*, const float*, int64_t, float*,

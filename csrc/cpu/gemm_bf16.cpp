@@ -41,6 +41,8 @@ bool use_gemm_bf16() { return std::strcmp(bf16_convert_name(), "avx512_bf16") ==
 #pragma GCC target("avx512f,avx512bf16,avx2,fma")
 #include <immintrin.h>
 
+#include "cpu/gemm_avx512_epilogue.h"
+
 namespace mesrgan {
 namespace cpu {
 namespace gemm {
@@ -48,16 +50,6 @@ namespace {
 
 constexpr int kMR = 12;
 constexpr int64_t kMC = 72;  // rows per L2 block of A
-
-inline __mmask16 lanes_below(int64_t n) {
-  return n <= 0 ? __mmask16(0) : n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
-}
-
-// v * (sign > 0 ? 1 : slope); NaN compares false and stays NaN.
-inline __m512 times_leaky_factor(__m512 v, __m512 sign, __m512 slope) {
-  const __mmask16 positive = _mm512_cmp_ps_mask(sign, _mm512_setzero_ps(), _CMP_GT_OQ);
-  return _mm512_mask_mul_ps(v, static_cast<__mmask16>(~positive), v, slope);
-}
 
 inline __m512bh as_bh(__m512i v) { return reinterpret_cast<__m512bh&>(v); }
 
@@ -96,28 +88,8 @@ void tile(int64_t K, const uint16_t* A, int64_t lda, const uint16_t* B0, const u
       for (int h = 0; h < NV; ++h) acc[r][h] = _mm512_dpbf16_ps(acc[r][h], as_bh(av), as_bh(b[h]));
     }
   }
-  const __mmask16 m[2] = {lanes_below(nr), lanes_below(nr - 16)};
-  const __m512 slope = _mm512_set1_ps(ep.slope);
-#pragma GCC unroll 12
-  for (int r = 0; r < MR; ++r) {
-#pragma GCC unroll 2
-    for (int h = 0; h < NV; ++h) {
-      const __mmask16 mk = FULL ? __mmask16(0xFFFF) : m[h];
-      const int64_t j = col + 16 * h;
-      float* c = C + r * ldc + 16 * h;
-      __m512 v = acc[r][h];
-      if (ep.accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, c));
-      if (ep.bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, ep.bias + j));
-      if (ep.leaky) v = times_leaky_factor(v, v, slope);
-      if (ep.add) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, ep.add + (row + r) * ep.ld_add + j));
-      if (ep.mask) v = times_leaky_factor(v, _mm512_maskz_loadu_ps(mk, ep.mask + (row + r) * ep.ld_mask + j), slope);
-      if (FULL) {
-        _mm512_storeu_ps(c, v);
-      } else {
-        _mm512_mask_storeu_ps(c, mk, v);
-      }
-    }
-  }
+  const __mmask16 m[2] = {avx512::lanes_below(nr), avx512::lanes_below(nr - 16)};
+  avx512::store_tile<MR, NV, FULL>(acc, C, ldc, ep, row, col, m);
 }
 
 using TileFn = void (*)(int64_t, const uint16_t*, int64_t, const uint16_t*, const uint16_t*, float*, int64_t,
