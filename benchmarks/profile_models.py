@@ -1,13 +1,21 @@
 """Where the time goes in whole networks: time per kind of op, forward and training step.
 
     python -m benchmarks.profile_models [--models esrgan-paper,mesrgan-paper,mesrgan-paper-out]
-        [--impl auto] [--lr 32] [--batch 16] [--train-batch 4] [--threads 2] [--json PATH] [--plot PATH]
+        [--device cpu|cuda] [--precision fp32|bf16|both] [--impl auto] [--lr 32] [--batch 16]
+        [--train-batch 4] [--threads 2] [--json PATH] [--plot PATH]
 
-Runs each network under ``torch.profiler`` (CPU activities) after warm-up calls and sums the time of
-the top-level ops by kind: 1×1 conv, 3×3 conv, depthwise 3×3, the fused bottleneck block, activation,
+Runs each network under ``torch.profiler`` after warm-up calls and sums the time of the top-level
+ops by kind: 1×1 conv, 3×3 conv, depthwise 3×3, the fused bottleneck block, activation,
 concatenation and other (9×9 convs, adds, pixel shuffle, layout copies, the optimiser, ...). An op's
 kind comes from its name and, for convolutions, from the weight's shape. The backward of each op is
 counted with its kind (the autograd engine's nodes are unwrapped to the ops they run).
+
+On the CPU an op's time is its CPU time (``cpu_time_total``). With ``--device cuda`` the profiler
+records CUDA activities too, and an op's time is the GPU time of the kernels it (and the ops it
+calls) launched (``device_time_total``; ``cuda_time_total`` on older torch); beside it each row gives
+the wall time per step, measured between ``torch.cuda.synchronize()`` calls, so launch overhead
+shows as wall time the kernels do not fill. NOT YET RUN ON A GPU: the CUDA path is tested on the
+CPU only (synthetic profiler events).
 
 Prints a Markdown table (ms per call and share of the total) and writes a stacked-bar PNG
 (matplotlib, the ``bench`` extra) when --plot is given.
@@ -20,6 +28,7 @@ from collections import defaultdict
 
 import torch
 import torch.nn.functional as F
+from torch.autograd import DeviceType
 
 from mesrgan.io.atomic import atomic_path, write_text_atomic
 
@@ -67,12 +76,19 @@ def _ops_of_node(e):
     return [op for child in e.cpu_children for op in _ops_of_node(child)]
 
 
+def _on_host(e):
+    """A CPU-side event. With CUDA activities the GPU kernels are events too, without a parent: their
+    time is already in the op that launched them (its ``kernels``), so they are not ops of their own."""
+    device_type = getattr(e, "device_type", DeviceType.CPU)
+    return device_type == DeviceType.CPU
+
+
 def _top_level(events):
     """(op, autograd node name or "") for the ops at the top of the call tree; the autograd engine's
     nodes are unwrapped to the ops they run."""
     out = []
     for e in events:
-        if e.cpu_parent is not None:
+        if e.cpu_parent is not None or not _on_host(e):
             continue
         if e.name.startswith(_ENGINE_PREFIX):
             node = e.name[len(_ENGINE_PREFIX):].strip(": ")
@@ -86,19 +102,42 @@ def _top_level(events):
     return out
 
 
-def profile_step(step, calls=2):
-    """ms per call of ``step`` by kind, summed over the top-level ops, and the wall time per call."""
+def op_time_us(event, device_type):
+    """The time of one top-level op in µs: its CPU time, or on CUDA the GPU time of the kernels it
+    and its children launched (``device_time_total`` since torch 2.4, ``cuda_time_total`` before)."""
+    if device_type != "cuda":
+        return event.cpu_time_total
+    total = getattr(event, "device_time_total", None)
+    return event.cuda_time_total if total is None else total
+
+
+def time_by_kind(top_level, device_type, calls):
+    """ms per call by kind over ``(op event, autograd node name)`` pairs (see :func:`_top_level`)."""
+    by_kind = defaultdict(float)
+    for e, node in top_level:
+        kind = "concat" if "CatBackward" in node else classify(e.name, e.input_shapes or [])
+        by_kind[kind] += op_time_us(e, device_type) / 1e3 / calls
+    return dict(by_kind)
+
+
+def _sync(device_type):
+    if device_type == "cuda":  # the step's kernels run after it returns: wait for them
+        torch.cuda.synchronize()
+
+
+def profile_step(step, calls=2, device_type="cpu"):
+    """ms per call of ``step`` by kind, summed over the top-level ops (CPU time, or on CUDA kernel
+    time), and the wall time per call (on CUDA up to the end of its kernels)."""
     from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device_type == "cuda" else [])
+    with profile(activities=activities, record_shapes=True) as prof:
+        _sync(device_type)
         t0 = time.perf_counter()
         for _ in range(calls):
             step()
+        _sync(device_type)
         wall = (time.perf_counter() - t0) / calls
-    by_kind = defaultdict(float)
-    for e, node in _top_level(prof.events()):
-        kind = "concat" if "CatBackward" in node else classify(e.name, e.input_shapes or [])
-        by_kind[kind] += e.cpu_time_total / 1e3 / calls
-    return dict(by_kind), wall * 1e3
+    return time_by_kind(_top_level(prof.events()), device_type, calls), wall * 1e3
 
 
 def build(key, impl):
@@ -108,16 +147,16 @@ def build(key, impl):
     return build_generator(preset, scale=4, **overrides, **({"impl": impl} if key != "esrgan-paper" else {}))
 
 
-def _autocast(precision):
-    """``bf16``: torch.autocast on the CPU, as users of recent CPUs run these networks."""
-    return torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16")
+def _autocast(precision, device_type):
+    """``bf16``: torch.autocast on the model's device, as users of recent CPUs and GPUs run these networks."""
+    return torch.autocast(device_type, torch.bfloat16, enabled=precision == "bf16")
 
 
 def forward_step(model, x, precision="fp32"):
     model.eval()
 
     def step():
-        with torch.no_grad(), _autocast(precision):
+        with torch.no_grad(), _autocast(precision, x.device.type):
             model(x)
     return step
 
@@ -128,41 +167,51 @@ def train_step(model, x, hr, precision="fp32"):
 
     def step():
         opt.zero_grad(set_to_none=True)
-        with _autocast(precision):
+        with _autocast(precision, x.device.type):
             loss = F.l1_loss(model(x), hr)
         loss.backward()
         opt.step()
     return step
 
 
-def run(models, impl, lr, batch, train_batch, warmup=1, precisions=("fp32",)):
+def run(models, impl, lr, batch, train_batch, warmup=1, precisions=("fp32",), device="cpu"):
     rows = []
+    dev = torch.device(device)
     g = torch.Generator().manual_seed(0)
     for precision in precisions:
         for key in models:
-            model = build(key, impl)
+            model = build(key, impl).to(dev)
             for pass_, b in (("forward", batch), ("train step", train_batch)):
-                x = torch.rand(b, 3, lr, lr, generator=g)
+                x = torch.rand(b, 3, lr, lr, generator=g).to(dev)
                 step = forward_step(model, x, precision) if pass_ == "forward" else \
-                    train_step(model, x, torch.rand(b, 3, 4 * lr, 4 * lr, generator=g), precision)
+                    train_step(model, x, torch.rand(b, 3, 4 * lr, 4 * lr, generator=g).to(dev), precision)
                 for _ in range(warmup):
                     step()
-                by_kind, wall = profile_step(step)
-                rows.append({"model": key, "precision": precision, "pass": pass_, "batch": b, "lr": lr,
-                             "wall_ms": wall, "ms": by_kind})
-                print(f"  {key} {precision} {pass_} b{b}: {wall:.0f} ms", flush=True)
+                by_kind, wall = profile_step(step, device_type=dev.type)
+                rows.append({"model": key, "device": dev.type, "precision": precision, "pass": pass_, "batch": b,
+                             "lr": lr, "wall_ms": wall, "ms": by_kind})
+                print(f"  {key} {dev.type} {precision} {pass_} b{b}: {wall:.0f} ms", flush=True)
     return rows
 
 
 def markdown(rows):
-    head = "| model | precision | pass | batch | " + " | ".join(KINDS) + " | total (profiled) |"
-    lines = [head, "|" + "---|" * 4 + "---:|" * (len(KINDS) + 1)]
+    """One row per (model, precision, pass): ms per call by kind (CPU time on the CPU, kernel time
+    on CUDA), their total, and the wall time per step (on CUDA up to the end of its kernels)."""
+    head = "| model | precision | pass | batch | " + " | ".join(KINDS) + " | total (profiled) | wall per step |"
+    lines = [head, "|" + "---|" * 4 + "---:|" * (len(KINDS) + 2)]
     for r in rows:
         total = sum(r["ms"].values())
         cells = [f"{r['ms'].get(k, 0):.0f} ({100 * r['ms'].get(k, 0) / total:.0f}%)" for k in KINDS]
         lines.append(f"| {r['model']} | {r.get('precision', 'fp32')} | {r['pass']} | {r['batch']} | "
-                     + " | ".join(cells) + f" | {total:.0f} ms |")
+                     + " | ".join(cells) + f" | {total:.0f} ms | {r['wall_ms']:.0f} ms |")
     return "\n".join(lines)
+
+
+def _time_note(device_type):
+    if device_type == "cuda":
+        return ("ms per call by kind = GPU kernel time of the top-level ops (CUDA activities); wall per step = host "
+                "time between torch.cuda.synchronize() calls")
+    return "ms per call by kind = CPU time of the top-level ops; wall per step = host time"
 
 
 def plot(rows, path):
@@ -198,18 +247,24 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=16, help="forward batch (default 16)")
     p.add_argument("--train-batch", type=int, default=4, help="training-step batch (default 4)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cpu (default; CPU time per op) or cuda (GPU kernel time per op, CUDA activities; "
+                   "not yet run on a GPU)")
     p.add_argument("--precision", choices=("fp32", "bf16", "both"), default="both",
-                   help="fp32, bf16 (torch.autocast on the CPU), or both (default)")
+                   help="fp32, bf16 (torch.autocast on the device), or both (default)")
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     p.add_argument("--plot", metavar="PNG", help="also draw a stacked bar chart (matplotlib)")
     args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA GPU is available here (torch.cuda.is_available() is False)")
     torch.set_num_threads(args.threads)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         p.error(f"--models: unknown {unknown}; known: {', '.join(MODELS)}")
     precisions = ("fp32", "bf16") if args.precision == "both" else (args.precision,)
-    rows = run(models, args.impl, args.lr, args.batch, args.train_batch, precisions=precisions)
+    rows = run(models, args.impl, args.lr, args.batch, args.train_batch, precisions=precisions, device=args.device)
+    print(_time_note(args.device))
     print(markdown(rows))
     if args.json:
         write_text_atomic(args.json, json.dumps(rows, indent=1))
