@@ -86,3 +86,15 @@ def test_resume_command_adds_resume_and_the_vgg_flag():
                                       "--resume --vgg-weights PATH")
     assert C.resume_command(["--stage", "gan"], resume=False) == \
         "python -m mesrgan.train --stage gan --vgg-weights PATH"
+
+
+def test_compile_is_off_by_default_a_flag_and_a_checked_key(tmp_path):
+    assert C.resolve_config([])["compile"] is False
+    cfg = C.resolve_config(["--compile", "--out", str(tmp_path / "o")])
+    assert cfg["compile"] is True
+    path = tmp_path / "c.toml"
+    path.write_text(C.dump_toml({k: v for k, v in cfg.items() if k not in C.RUN_ONLY}))
+    assert "compile = true" in path.read_text() and C.resolve_config(["--config", str(path)]) == cfg
+    path.write_text("compile = 1\n")  # TOML's 1 is not true
+    with pytest.raises(SystemExit, match=r"compile in --config .* must be true or false"):
+        C.resolve_config(["--config", str(path)])

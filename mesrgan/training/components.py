@@ -18,7 +18,7 @@ from ..data import CropDataset, bundled_images, find_images, load_image, prepare
 from ..models import VGG19_URL, VGGFeatureExtractor, build_discriminator, build_generator, generator_config
 from .config import ConfigError, one_line
 
-__all__ = ["Networks", "pick_device", "build_networks", "check_step_memory", "saved_bytes_per_lr_pixel",
+__all__ = ["Networks", "compile_mode", "pick_device", "build_networks", "check_step_memory", "saved_bytes_per_lr_pixel",
            "build_train_set", "build_val_set",
            "vgg_cache_file", "find_vgg_weights", "missing_vgg_text", "perceptual_needed", "build_perceptual"]
 
@@ -40,13 +40,38 @@ def pick_device(cfg: dict, local_rank: int | None) -> torch.device:
     return dev
 
 
+def compile_mode(device: torch.device) -> str | None:
+    """``--compile``'s torch.compile mode: "reduce-overhead" on CUDA (CUDA graphs: one replay instead
+    of a launch per kernel), the default mode on the CPU (inductor's C++ kernels; no launches to save)."""
+    return "reduce-overhead" if device.type == "cuda" else None
+
+
 class Networks:
     """The generator, its moving average (``--ema``), the discriminator (stage 2 only), and the
-    training views of G and D (DDP wrappers with several processes, else the networks)."""
+    training views of G and D (DDP wrappers with several processes, else the networks; compiled
+    with ``--compile``). ``D_frozen`` is the view of D in the generator step: never DDP-wrapped
+    (no gradient for D there), compiled with ``--compile``."""
 
     def __init__(self, G, D, ema, gen_config):
         self.G, self.D, self.ema, self.gen_config = G, D, ema, gen_config
-        self.G_train, self.D_train = G, D
+        self.G_train, self.D_train, self.D_frozen = G, D, D
+        self.cuda_graphs = False
+
+    def compile(self, device: torch.device) -> None:
+        """``--compile``: torch.compile the training views. G, D and the EMA stay uncompiled modules
+        sharing the same parameters: checkpoints keep their keys (no ``_orig_mod.`` prefix), and the
+        EMA and validation run them as they are."""
+        mode = compile_mode(device)
+        self.G_train = torch.compile(self.G_train, mode=mode)
+        if self.D is not None:
+            self.D_train = torch.compile(self.D_train, mode=mode)
+            self.D_frozen = torch.compile(self.D, mode=mode)
+        self.cuda_graphs = mode == "reduce-overhead"
+
+    def begin_step(self) -> None:
+        """Tell CUDA graphs a new iteration begins: the last one's graph outputs may be reused."""
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
 
     def update_ema(self, decay: float) -> None:
         if self.ema is None:

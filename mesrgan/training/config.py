@@ -84,7 +84,7 @@ _COMMON = {
     "lr_gamma": 0.5, "beta1": 0.9, "beta2": 0.999,
     "data": [], "data_lr": [], "val_data": [], "val_every": 5000, "val_max_size": 0,
     "save_every": 5000, "log_every": 100, "workers": default_workers(), "device": "auto", "seed": 0,
-    "amp": "none", "channels_last": False, "ema": 0.0, "cache_images": False, "tensorboard": True,
+    "amp": "none", "channels_last": False, "compile": False, "ema": 0.0, "cache_images": False, "tensorboard": True,
     "vgg_weights": "", "pretrained": "", "quick": False, "generator": {}, "discriminator": {},
 }
 _SRGAN = {  # Ledig et al. / the paper's eq. (2)
@@ -170,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: none)")
     g.add_argument("--channels-last", action="store_true", dest="channels_last",
                    help="NHWC memory format for the networks")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the networks' training steps (the generator; the discriminator in stage 2): "
+                   "mode reduce-overhead (CUDA graphs, fewer kernel launches) on CUDA -- not yet run on a GPU -- and "
+                   "the default mode (inductor) on the CPU. The first iterations compile (a minute or more); "
+                   "checkpoints, EMA and validation use the uncompiled networks (default: off)")
     g.add_argument("--ema", type=float, metavar="DECAY",
                    help="keep an exponential moving average of the generator (e.g. 0.999); 0 = off (default)")
     g.add_argument("--no-tensorboard", action="store_false", dest="tensorboard",
@@ -318,7 +323,7 @@ def _is_number(v) -> bool:
 
 _POSITIVE_INTS = ("batch_size", "crop_size", "log_every", "val_every", "save_every")
 _COUNTS = ("psnr_iters", "gan_iters", "workers", "val_max_size", "seed", "stop_after")
-_BOOLS = ("channels_last", "cache_images", "tensorboard", "quick")
+_BOOLS = ("channels_last", "cache_images", "tensorboard", "quick", "compile")
 _STRINGS = ("device", "vgg_weights", "pretrained", "out", "perceptual_layer")
 _CHOICES = {"stage": ("psnr", "gan", "all"), "amp": ("none", "bf16", "fp16"), "psnr_loss": ("mse", "l1"),
             "pixel_loss": ("mse", "l1"), "perceptual_criterion": ("mse", "l1"), "gan_type": ("gan", "ragan"),

@@ -15,7 +15,8 @@ __all__ = ["Dist", "unwrap"]
 
 
 def unwrap(module):
-    """The network inside a DDP wrapper (or the network itself)."""
+    """The network inside a ``torch.compile`` and / or DDP wrapper (or the network itself)."""
+    module = getattr(module, "_orig_mod", module)  # torch.compile's OptimizedModule
     return module.module if hasattr(module, "module") else module
 
 

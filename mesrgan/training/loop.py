@@ -18,8 +18,8 @@ import torch
 from ..io.atomic import write_text_atomic
 from ..data import SampleIdSampler
 from ..models import generator_checkpoint
-from .components import (build_networks, build_perceptual, build_train_set, build_val_set, find_vgg_weights,
-                         missing_vgg_text, perceptual_needed, pick_device)
+from .components import (build_networks, build_perceptual, build_train_set, build_val_set, compile_mode,
+                         find_vgg_weights, missing_vgg_text, perceptual_needed, pick_device)
 from .config import EXIT_NEEDS_VGG, RUN_ONLY, STAGES, ConfigError, dump_toml, one_line, resume_command, stages_of
 from .distributed import Dist
 from .optim import StageOptimizers
@@ -93,6 +93,10 @@ class Trainer:
         # Each rank keeps its own discriminator batch-norm statistics: broadcasting buffers on
         # every forward would also clash with the several discriminator passes per step.
         self.nets.D_train = self.dist.wrap(self.nets.D, broadcast_buffers=False)
+        if cfg["compile"]:
+            self.nets.compile(self.device)
+            self.log(f"--compile: torch.compile, mode {compile_mode(self.device) or 'default'}; the first "
+                     "iterations of each stage are slow while the networks compile")
         self.opt = None
         self.metrics = MetricsLog(self.folder.metrics, enabled=self.dist.main)
         self.tb = None
@@ -395,6 +399,7 @@ class Trainer:
             hr = hr.contiguous(memory_format=torch.channels_last)
         it = self.state["iteration"]
         self.opt.set_lr(it)
+        self.nets.begin_step()
         logs = (self.steps.psnr if stage == "psnr" else self.steps.gan)(self.opt, lr, hr)
         self.nets.update_ema(cfg["ema"])
         it += 1

@@ -64,10 +64,10 @@ class Steps:
 
     def _generator_step(self, opt, lr, hr):
         cfg = self.cfg
-        D = unwrap(self.nets.D_train)
+        D = self.nets.D_frozen
         ragan = cfg["gan_type"] == "ragan"
         # D is frozen and called without its DDP wrapper (no gradient for D).
-        D.requires_grad_(False)
+        unwrap(D).requires_grad_(False)
         opt.g.zero_grad(set_to_none=True)
         with self.autocast():
             sr = self.nets.G_train(lr)
