@@ -175,7 +175,8 @@ def model_index(benches):
 
 def _model_cols(series):
     models = sorted({m for m, _ in series}, key=lambda m: (MODEL_ORDER.index(m) if m in MODEL_ORDER else 99, m))
-    return [(m, i) for m in models for i in ("torch", "mesrgan", "onnxruntime") if (m, i) in series]
+    impls = ("torch", "mesrgan", "torch+compile", "mesrgan+compile", "onnxruntime")
+    return [(m, i) for m in models for i in impls if (m, i) in series]
 
 
 def model_tables(benches):

@@ -13,6 +13,10 @@ Ids read ``model-<pass>-<device>-float32-nchw-<model>-<impl>-b<batch>-lr<size>-c
   ``mesrgan`` = through our ops (on CPU: the fused bottleneck block); ``onnxruntime`` = the same
   network and weights exported to ONNX and run by onnxruntime on the CPU (forward only, when
   onnxruntime is installed). SRGAN and ESRGAN have no depthwise conv: they run once, as ``torch``;
+  ``mesrgan+compile`` / ``torch+compile`` (training step on CUDA only, esrgan-paper and mesrgan-paper,
+  cuDNN autotuner on): the same step with the network wrapped in ``torch.compile(mode="reduce-overhead")``
+  (CUDA graphs), as ``python -m mesrgan.train --compile`` runs it. CUDA only: inductor compiles the paper
+  networks for many minutes on a small CPU. NOT YET RUN ON A GPU;
 * lr: the LR input's side: 128 (the paper's Table I), 32 (the training crop: HR 128 / 4);
 * cudnn: ``torch.backends.cudnn.benchmark`` (the autotuner) ``off`` / ``on`` on CUDA, ``na`` on CPU.
 
@@ -40,6 +44,9 @@ BATCHES = (1, 2, 4, 8, 16)
 ONNX_IMPL = {"cpu": ("onnxruntime",), "cuda": ()}
 CPU_DEFAULT_BATCHES = (1, 4, 16)
 CPU_DEFAULT_MAX_ROUNDS = 3
+# Training-step rows with torch.compile: the networks whose training time the issue compares.
+COMPILED_TRAIN_MODELS = ("esrgan-paper", "mesrgan-paper")
+COMPILED = "+compile"
 
 
 def _sizes(settings, device):
@@ -67,7 +74,17 @@ def _cases(settings):
                         continue
                     for tune in (("off", "on") if device == "cuda" else ("na",)):
                         cases.append((pass_, device, key, impl, lr, batch, tune))
+            cases += _compiled_cases(settings, device, key)
     return cases
+
+
+def _compiled_cases(settings, device, key):
+    """The training step of ``key`` under torch.compile(mode="reduce-overhead"), on CUDA only."""
+    if device != "cuda" or key not in COMPILED_TRAIN_MODELS:
+        return []
+    impl = ("mesrgan" if PRESETS[key][2] else "torch") + COMPILED
+    return [("train", device, key, impl, lr, batch, "on")
+            for pass_, lr, batch in _sizes(settings, device) if pass_ == "train"]
 
 
 def _case_id(case):
@@ -130,17 +147,23 @@ def test_model(benchmark, bench_settings, model_case):
                 with torch.no_grad():
                     model(x)
         else:
-            model = _build(key, impl, device, train=True)
+            compiled = impl.endswith(COMPILED)
+            model = _build(key, impl.removesuffix(COMPILED), device, train=True)
             opt = torch.optim.Adam(model.parameters(), lr=1e-4)
             hr = torch.rand(batch, 3, lr * SCALE, lr * SCALE, generator=g).to(device)
+            net = torch.compile(model, mode="reduce-overhead") if compiled else model
 
             def step():
+                if compiled:  # a new step: CUDA graphs may reuse the last one's outputs
+                    torch.compiler.cudagraph_mark_step_begin()
                 opt.zero_grad(set_to_none=True)
-                torch.nn.functional.l1_loss(model(x), hr).backward()
+                torch.nn.functional.l1_loss(net(x), hr).backward()
                 opt.step()
 
-        # run_benchmark's own first (untimed) call warms up; CUDA gets two more for the autotuner.
-        run_benchmark(benchmark, step, device=device, settings=bench_settings, warmup=0 if max_rounds else 2,
+        # run_benchmark's own first (untimed) call warms up; CUDA gets two more for the autotuner, and
+        # a compiled step one more (it compiles, then records its CUDA graphs, then replays them).
+        warmup = 0 if max_rounds else (3 if impl.endswith(COMPILED) else 2)
+        run_benchmark(benchmark, step, device=device, settings=bench_settings, warmup=warmup,
                       max_rounds=max_rounds)
     finally:
         torch.backends.cudnn.benchmark = old_tune

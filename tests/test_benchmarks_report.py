@@ -194,3 +194,21 @@ def test_benchmark_json_is_written_as_the_suite_goes(tmp_path):
     assert p.returncode == 3, p.stdout[-2000:] + p.stderr[-2000:]
     names = [b["name"] for b in json.loads(out.read_text())["benchmarks"]]
     assert names == ["test_a", "test_b"]
+
+
+def test_compiled_training_rows_are_cuda_only_and_get_their_own_columns():
+    """The torch.compile training-step rows exist for CUDA only (inductor compiles the paper networks
+    for many minutes on a small CPU): on the CPU they are not even collected."""
+    from benchmarks import test_models as tm
+    from benchmarks._common import Settings
+
+    def cases(device):
+        return tm._cases(Settings(devices=(device,), full=False, min_rounds=1, max_time=1.0,
+                                  models=("esrgan-paper", "mesrgan-paper", "srgan")))
+    assert not [c for c in cases("cpu") if c[3].endswith("+compile")]
+    compiled = [c for c in cases("cuda") if c[3].endswith("+compile")]
+    assert sorted({(c[0], c[2], c[3], c[6]) for c in compiled}) == [
+        ("train", "esrgan-paper", "torch+compile", "on"), ("train", "mesrgan-paper", "mesrgan+compile", "on")]
+    series = {("mesrgan-paper", i): {16: None} for i in ("torch", "mesrgan", "mesrgan+compile")}
+    assert report._model_cols(series) == [("mesrgan-paper", "torch"), ("mesrgan-paper", "mesrgan"),
+                                          ("mesrgan-paper", "mesrgan+compile")]
