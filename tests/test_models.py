@@ -494,3 +494,44 @@ def test_report_command(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "| 8×8 | mesrgan |" in out and "| LR input | model | params (M) |" in out
     assert "conv 3×3 6.04e8 MACs, bottleneck block 2.87e8 MACs, ratio 0.476" in out
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-cpu-path", "unfused-cuda-path"])
+def test_mesrgan_training_step_compiles_whole(monkeypatch, fused):
+    """A MESRGAN generator's training step under torch.compile(fullgraph=True), as train --compile
+    runs it: the fused block (the CPU path) and, without a fused kernel, expand conv + our depthwise
+    op + project conv (the path CUDA takes) each trace as one graph, backward included, and give the
+    eager loss and gradients."""
+    import mesrgan.models.blocks as blocks
+    if not fused:  # the CUDA path's graph, on the CPU
+        monkeypatch.setattr(blocks, "has_fused_kernel", lambda x: False)
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    G = build_generator("mesrgan", scale=4, num_blocks=1, features=8, growth=4, impl="mesrgan")
+    x, hr = torch.rand(2, 3, 8, 9), torch.rand(2, 3, 32, 36)
+    seen = []
+    G_seen = torch.compile(G, fullgraph=True, backend=_aot_eager_recording(seen))
+    loss_c = F.l1_loss(G_seen(x), hr)
+    grads_c = torch.autograd.grad(loss_c, list(G.parameters()))
+    loss_e = F.l1_loss(G(x), hr)
+    grads_e = torch.autograd.grad(loss_e, list(G.parameters()))
+    torch.testing.assert_close(loss_c, loss_e)
+    for gc, ge in zip(grads_c, grads_e):
+        torch.testing.assert_close(gc, ge)
+    ours = {"mesrgan.bottleneck_block.default"} if fused else {"mesrgan.depthwise_conv3x3.default"}
+    assert len(seen) == 2 and ours <= seen[0] and seen[1], seen  # forward graph, backward graph (our backward ops)
+    other_path = "depthwise_conv3x3" if fused else "bottleneck_block"
+    assert other_path not in str(seen), seen
+
+
+def _aot_eager_recording(seen):
+    """A torch.compile backend: AOTAutograd's forward and backward graphs run as they are, the
+    names of our ops in each recorded in ``seen``."""
+    from functorch.compile import make_boxed_func
+    from torch._functorch.aot_autograd import aot_module_simplified
+
+    def record(gm, _):
+        seen.append({str(n.target) for n in gm.graph.nodes if n.op == "call_function"
+                     and str(n.target).startswith("mesrgan.")})
+        return make_boxed_func(gm.forward)
+    return lambda gm, example: aot_module_simplified(gm, example, fw_compiler=record, bw_compiler=record)
