@@ -73,6 +73,14 @@ class Networks:
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
 
+    def keep(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` detached, for use after the next call of a compiled network. Under CUDA graphs a
+        compiled call made when no backward is pending starts a new generation, which overwrites the
+        outputs of the calls before it: those are cloned (the stage-2 step reads G's output and
+        D's first output after later D calls)."""
+        t = t.detach()
+        return t.clone() if self.cuda_graphs else t
+
     def update_ema(self, decay: float) -> None:
         if self.ema is None:
             return

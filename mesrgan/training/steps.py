@@ -57,6 +57,8 @@ class Steps:
 
     def gan(self, opt, lr, hr) -> dict:
         sr, fake_g, logs = self._generator_step(opt, lr, hr)
+        # the discriminator step reads them after its own compiled calls (--compile on CUDA)
+        sr, fake_g = self.nets.keep(sr), self.nets.keep(fake_g)
         logs.update(self._discriminator_step(opt, sr, hr, fake_g))
         if self.scaler is not None:
             self.scaler.update()
@@ -99,10 +101,11 @@ class Steps:
             real_d = D_train(hr).float()
             l_d_real = self.d_loss_fn(real_d, fake_ref)
         self._backward(l_d_real)
+        real_ref = self.nets.keep(real_d)  # read after the next D call
         with self.autocast():
             fake_d = D_train(sr.detach()).float()
-            l_d_fake = self.d_loss_fn(real_d.detach(), fake_d)
+            l_d_fake = self.d_loss_fn(real_ref, fake_d)
         self._backward(l_d_fake)
         self._opt_step(opt.d)
         return {"l_d": l_d_fake.detach(),  # = d_loss(real, fake): same values as l_d_real
-                "d_real": real_d.detach().mean(), "d_fake": fake_d.detach().mean()}
+                "d_real": real_ref.mean(), "d_fake": fake_d.detach().mean()}
