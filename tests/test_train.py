@@ -589,10 +589,11 @@ def test_compile_trains_both_stages_like_eager_and_resumes(assets, tmp_path):
 
 def test_cuda_graph_bookkeeping_changes_no_loss(assets, tmp_path, monkeypatch):
     """What --compile adds on CUDA around the compiled calls (a step mark each iteration, clones of
-    the outputs read after later calls), run here without compiling: the same losses, exactly."""
+    the outputs read after later calls, D's .grad buffers kept and zeroed), run here without
+    compiling: the same losses, exactly."""
     from mesrgan.training.components import Networks
     marks = []
-    monkeypatch.setattr(Networks, "compile", lambda self, device: setattr(self, "cuda_graphs", True))
+    monkeypatch.setattr(Networks, "compile", lambda self, device: self.use_cuda_graphs())
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
     a, b = tmp_path / "plain", tmp_path / "bookkept"
     short = ("--psnr-iters", "2", "--gan-iters", "2", "--psnr-milestones", "1", "--gan-milestones", "1")

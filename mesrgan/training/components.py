@@ -66,7 +66,19 @@ class Networks:
         if self.D is not None:
             self.D_train = torch.compile(self.D_train, mode=mode)
             self.D_frozen = torch.compile(self.D, mode=mode)
-        self.cuda_graphs = mode == "reduce-overhead"
+        if mode == "reduce-overhead":
+            self.use_cuda_graphs()
+
+    def use_cuda_graphs(self) -> None:
+        """The bookkeeping CUDA graphs need around the compiled calls (see :meth:`begin_step` and
+        :meth:`keep`). D's gradient sums two backward passes (real batch, then fake), with a compiled
+        D call between them that starts a new generation and would overwrite a ``.grad`` the graphs
+        allocated: D's ``.grad`` buffers are allocated here, outside the graphs, and the
+        discriminator step zeroes them instead of dropping them, so both passes add into them."""
+        self.cuda_graphs = True
+        if self.D is not None:
+            for p in self.D.parameters():
+                p.grad = torch.zeros_like(p)
 
     def begin_step(self) -> None:
         """Tell CUDA graphs a new iteration begins: the last one's graph outputs may be reused."""

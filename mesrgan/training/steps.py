@@ -95,7 +95,8 @@ class Steps:
         # keep DDP to one forward per backward.
         D_train = self.nets.D_train
         unwrap(D_train).requires_grad_(True)
-        opt.d.zero_grad(set_to_none=True)
+        # under CUDA graphs D's .grad buffers stay: allocated outside the graphs (Networks.use_cuda_graphs)
+        opt.d.zero_grad(set_to_none=not self.nets.cuda_graphs)
         fake_ref = fake_g.detach()
         with self.autocast():
             real_d = D_train(hr).float()
