@@ -8,6 +8,7 @@ from torch.nn import functional as F
 from ..ops import DepthwiseConv3x3, bottleneck_block, has_fused_kernel
 from ..ops.dense import dense_bottleneck_stack
 from ..ops.depthwise import IMPLS, autocast_dtype
+from ..ops.layout import callers_format
 from ..ops.triton_bottleneck import bottleneck_block_triton
 
 # The bottleneck block's implementations: the depthwise op's, and the fused block in Triton.
@@ -58,14 +59,9 @@ def inner_memory_format(x):
     by every oneDNN convolution); the input's own layout elsewhere (CUDA: as measured before)."""
     if x.device.type == "cpu" and x.dim() == 4:
         return torch.channels_last
-    return callers_memory_format(x)
+    return callers_format(x)
 
 
-def callers_memory_format(x):
-    """The memory format to hand a result back in: x's own."""
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 class BottleneckResidualBlock(nn.Module):

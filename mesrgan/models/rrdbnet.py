@@ -15,7 +15,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from .blocks import (HIDDEN_WIDTHS, BottleneckResidualBlock, DenseBlock, PixelShuffleUpsampler,
-                     callers_memory_format, check_positive_int, check_scale, conv3x3, inner_memory_format)
+                     check_positive_int, check_scale, conv3x3, inner_memory_format)
+from ..ops.layout import callers_format
 
 
 def _check_common(in_channels, out_channels, features, num_blocks, growth):
@@ -110,7 +111,7 @@ class RRDBNet(nn.Module):
     def forward(self, x):
         # Computed in the fastest layout for the device (blocks.inner_memory_format); the result
         # comes back in x's memory format.
-        out_format = callers_memory_format(x)
+        out_format = callers_format(x)
         h, w = x.shape[-2:]
         if self.unshuffle > 1:
             # pads of 0 where the size is already a multiple: no branch on the size, so that the
@@ -187,7 +188,7 @@ class PaperESRGAN(nn.Module):
 
     def forward(self, x):
         # As RRDBNet.forward: the fastest layout inside, x's memory format out.
-        out_format = callers_memory_format(x)
+        out_format = callers_format(x)
         head = self.prelu_head(self.conv_head(x.contiguous(memory_format=inner_memory_format(x))))
         feat = head + self.conv_body(self.body(head))
         return self.conv_tail(self.upsample(feat)).contiguous(memory_format=out_format)

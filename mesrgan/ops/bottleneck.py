@@ -10,7 +10,8 @@ error (the unfused path, ``bottleneck_block_reference``, supports it).
 import torch
 import torch.nn.functional as F
 
-from .depthwise import _prefers_channels_last, kernel_dtype
+from .depthwise import kernel_dtype
+from .layout import op_output_format
 
 _op = torch.ops.mesrgan.bottleneck_block.default
 PARAM_NAMES = ("expand_weight", "expand_bias", "dw_weight", "dw_bias", "project_weight", "project_bias")
@@ -82,10 +83,6 @@ def has_fused_kernel(x):
     return x.device.type == "cpu" and kernel_dtype(x) in (torch.float32, torch.float64, torch.bfloat16)
 
 
-def _out_format(x):
-    return torch.channels_last if _prefers_channels_last(x) else torch.contiguous_format
-
-
 @torch.library.register_fake("mesrgan::bottleneck_block")
 def _fake_forward(x, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, skip=False,
                   negative_slope=0.2):
@@ -95,7 +92,7 @@ def _fake_forward(x, expand_weight, expand_bias, dw_weight, dw_bias, project_wei
         torch._check(t is None or t.device == x.device,
                      lambda: f"bottleneck_block: {name} must be on x's device ({x.device}), got {t.device}")
     N, _, H, W = x.shape
-    return x.new_empty((N, project_weight.shape[0], H, W)).contiguous(memory_format=_out_format(x))
+    return x.new_empty((N, project_weight.shape[0], H, W)).contiguous(memory_format=op_output_format(x))
 
 
 @torch.library.register_fake("mesrgan::bottleneck_block_backward")
@@ -104,7 +101,7 @@ def _fake_backward(grad_out, x, expand_weight, expand_bias, dw_weight, dw_bias, 
     def grad_like(t, needed):
         return t.new_empty(t.shape) if needed and t is not None else x.new_empty((0,))
 
-    gx = torch.empty_like(x, memory_format=_out_format(x)) if output_mask[0] else x.new_empty((0,))
+    gx = torch.empty_like(x, memory_format=op_output_format(x)) if output_mask[0] else x.new_empty((0,))
     c_out = project_weight.shape[0]
     return (gx, grad_like(expand_weight, output_mask[1]),
             grad_like(expand_bias, output_mask[2] and expand_bias is not None),

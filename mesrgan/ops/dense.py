@@ -17,6 +17,7 @@ path instead (the models choose; see ``mesrgan.models.blocks.DenseBlock``). No d
 import torch
 
 from .bottleneck import _check_slope
+from .layout import callers_format
 
 _out = torch.ops.mesrgan._bottleneck_block_out.default
 _forward = torch.ops.mesrgan.bottleneck_block.default
@@ -71,12 +72,6 @@ def _layer_params(params, k):
     return params[PARAMS_PER_LAYER * k:PARAMS_PER_LAYER * (k + 1)]
 
 
-def _callers_format(x):
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
-
-
 class _DenseStack(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, res_scale, between_slope, negative_slope, skips, *params):
@@ -93,9 +88,9 @@ class _DenseStack(torch.autograd.Function):
                 torch.nn.functional.leaky_relu_(out, between_slope)
             c += width
         y = _forward(buf, *_layer_params(params, layers - 1), skips[-1], negative_slope)
-        y = y.mul_(res_scale).add_(x).contiguous(memory_format=_callers_format(x))
+        y = y.mul_(res_scale).add_(x).contiguous(memory_format=callers_format(x))
         ctx.res_scale, ctx.between_slope, ctx.negative_slope, ctx.skips = res_scale, between_slope, negative_slope, skips
-        ctx.widths, ctx.x_format = widths, _callers_format(x)
+        ctx.widths, ctx.x_format = widths, callers_format(x)
         ctx.save_for_backward(buf, *params)
         return y
 

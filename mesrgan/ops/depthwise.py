@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _ext
+from .layout import op_output_format
 
 ACTIVATIONS = ("none", "relu", "relu6", "leaky_relu")
 IMPLS = ("auto", "mesrgan", "torch")
@@ -81,15 +82,6 @@ def depthwise_conv3x3(x, weight, bias=None, *, activation="none", negative_slope
     return _op(x, weight, bias, activation, float(negative_slope))
 
 
-def _prefers_channels_last(x):
-    # Mirrors prefers_channels_last() in csrc/depthwise_conv3x3.cpp.
-    nchw = x.is_contiguous()
-    nhwc = x.is_contiguous(memory_format=torch.channels_last)
-    if nchw or nhwc:
-        return nhwc and not nchw
-    return x.stride(1) < x.stride(3)
-
-
 def _check_same_device(op, x_name, x, **others):
     # The dispatcher sends a call to the Meta kernel (the fake below) as soon as one argument is on
     # the meta device, so a CPU x with a meta weight would otherwise return uninitialised memory;
@@ -106,15 +98,13 @@ def _fake_forward(x, weight, bias=None, activation="none", negative_slope=0.2):
     torch._check(x.dim() == 4, lambda: f"depthwise_conv3x3: x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
     torch._check(tuple(weight.shape) == (x.shape[1], 1, 3, 3),
                  lambda: f"depthwise_conv3x3: weight must have shape (C, 1, 3, 3), got {tuple(weight.shape)}")
-    fmt = torch.channels_last if _prefers_channels_last(x) else torch.contiguous_format
-    return torch.empty_like(x, memory_format=fmt)
+    return torch.empty_like(x, memory_format=op_output_format(x))
 
 
 @torch.library.register_fake("mesrgan::depthwise_conv3x3_activation_backward")
 def _fake_activation_backward(grad_out, out, activation, negative_slope):
     _check_same_device("depthwise_conv3x3_activation_backward", "out", out, grad_out=grad_out)
-    fmt = torch.channels_last if _prefers_channels_last(grad_out) else torch.contiguous_format
-    return torch.empty_like(grad_out, memory_format=fmt)
+    return torch.empty_like(grad_out, memory_format=op_output_format(grad_out))
 
 
 @torch.library.register_fake("mesrgan::depthwise_conv3x3_backward_weight")

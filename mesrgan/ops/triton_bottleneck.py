@@ -21,7 +21,8 @@ from typing import List, Optional
 
 import torch
 
-from .bottleneck import PARAM_NAMES, _check_devices, _check_slope, _out_format
+from .bottleneck import PARAM_NAMES, _check_devices, _check_slope
+from .layout import op_output_format
 from .depthwise import autocast_dtype
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -173,7 +174,7 @@ def _forward_op(x: torch.Tensor, expand_weight: torch.Tensor, expand_bias: Optio
     if y.numel():
         _launch_forward(_nhwc(x), [t if t is None else t.contiguous() for t in (ew, eb, dw, db, pw, pb)], y,
                         hidden, skip, negative_slope, mode)
-    return y.permute(0, 3, 1, 2).contiguous(memory_format=_out_format(x))
+    return y.permute(0, 3, 1, 2).contiguous(memory_format=op_output_format(x))
 
 
 def _launch_forward(xl, params, y, hidden, skip, slope, mode):
@@ -195,7 +196,7 @@ def _fake_forward(x, expand_weight, expand_bias, dw_weight, dw_bias, project_wei
                   negative_slope):
     _check_args(x, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, skip)
     n, _, h, w = x.shape
-    return x.new_empty((n, project_weight.shape[0], h, w)).contiguous(memory_format=_out_format(x))
+    return x.new_empty((n, project_weight.shape[0], h, w)).contiguous(memory_format=op_output_format(x))
 
 
 # --- the backward --------------------------------------------------------------------------------
@@ -223,7 +224,7 @@ def _backward_op(grad_out: torch.Tensor, x: torch.Tensor, expand_weight: torch.T
     if mask[6]:
         grads[6] = grad_out.sum((0, 2, 3), dtype=torch.float32).to(x.dtype)
     if mask[0]:
-        grads[0] = grads[0].contiguous(memory_format=_out_format(x))
+        grads[0] = grads[0].contiguous(memory_format=op_output_format(x))
     return [g if m else x.new_empty((0,)) for g, m in zip(grads, mask)]
 
 
@@ -289,7 +290,7 @@ def _fake_backward_op(grad_out, x, expand_weight, expand_bias, dw_weight, dw_bia
     shapes = (x.shape, expand_weight.shape, (hidden,), dw_weight.shape, (hidden,), project_weight.shape, (c_out,))
     grads = [x.new_empty(s) if m else x.new_empty((0,)) for s, m in zip(shapes, mask)]
     if mask[0]:
-        grads[0] = grads[0].contiguous(memory_format=_out_format(x))
+        grads[0] = grads[0].contiguous(memory_format=op_output_format(x))
     return grads
 
 
