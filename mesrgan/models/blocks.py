@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..ops import DepthwiseConv3x3, bottleneck_block, has_fused_kernel
+from ..ops import BlockParams, DepthwiseConv3x3, bottleneck_block, has_fused_kernel
 from ..ops.dense import dense_bottleneck_stack
 from ..ops.depthwise import IMPLS, autocast_dtype
 from ..ops.layout import callers_format
@@ -124,17 +124,18 @@ class BottleneckResidualBlock(nn.Module):
         concatenation-free buffer is built on the compiled op, so under impl="triton" it concatenates)."""
         return self.impl in ("auto", "mesrgan") and has_fused_kernel(x) and not torch.jit.is_scripting()
 
-    def fused_args(self):
+    def fused_args(self) -> BlockParams:
         """The fused op's arguments after x: the six parameters, then skip."""
-        return (self.expand.weight, self.expand.bias, self.dw.weight, self.dw.bias, self.project.weight,
-                self.project.bias, self.use_skip)
+        return BlockParams(self.expand.weight, self.expand.bias, self.dw.weight, self.dw.bias, self.project.weight,
+                           self.project.bias, self.use_skip)
 
     def forward(self, x):
         if self.impl == "triton":
-            return bottleneck_block_triton(x, *self.fused_args()[:6], skip=self.use_skip,
+            return bottleneck_block_triton(x, *self.fused_args().tensors(), skip=self.use_skip,
                                            negative_slope=self.negative_slope)
         if self.uses_fused(x):
-            return bottleneck_block(x, *self.fused_args()[:6], skip=self.use_skip, negative_slope=self.negative_slope)
+            return bottleneck_block(x, *self.fused_args().tensors(), skip=self.use_skip,
+                                    negative_slope=self.negative_slope)
         y = self.project(self.dw(self.act(self.expand(x))))
         return x + y if self.use_skip else y
 
@@ -193,7 +194,7 @@ class DenseBlock(nn.Module):
                     return t.to(autocast_dtype(t) or t.dtype) if isinstance(t, torch.Tensor) else t
 
                 x = cast(x)
-                args = [tuple(cast(t) for t in a) for a in args]
+                args = [BlockParams(*(cast(t) for t in a)) for a in args]
             return dense_bottleneck_stack(x, args, res_scale=self.res_scale,
                                           between_slope=0.2 if self.activation else None,
                                           negative_slope=layers[0].negative_slope)

@@ -7,6 +7,8 @@ at full size; its backward recomputes the hidden activations band by band instea
 Autograd is registered in C++ (csrc/autograd_bottleneck.cpp). Double backward is refused with an
 error (the unfused path, ``bottleneck_block_reference``, supports it).
 """
+from typing import NamedTuple, Optional
+
 import torch
 import torch.nn.functional as F
 
@@ -15,6 +17,29 @@ from .layout import op_output_format
 
 _op = torch.ops.mesrgan.bottleneck_block.default
 PARAM_NAMES = ("expand_weight", "expand_bias", "dw_weight", "dw_bias", "project_weight", "project_bias")
+
+
+class BlockParams(NamedTuple):
+    """One block's arguments of :func:`bottleneck_block` after x: its six parameters, then skip."""
+    expand_weight: torch.Tensor
+    expand_bias: Optional[torch.Tensor]
+    dw_weight: torch.Tensor
+    dw_bias: Optional[torch.Tensor]
+    project_weight: torch.Tensor
+    project_bias: Optional[torch.Tensor]
+    skip: bool
+
+    def tensors(self) -> tuple:
+        """The six parameters, in :data:`PARAM_NAMES` order."""
+        return tuple(self)[:len(PARAM_NAMES)]
+
+    @property
+    def in_channels(self) -> int:
+        return self.expand_weight.shape[1]
+
+    @property
+    def out_channels(self) -> int:
+        return self.project_weight.shape[0]
 
 
 def _check_slope(negative_slope, name="negative_slope"):

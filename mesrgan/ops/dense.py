@@ -16,14 +16,15 @@ path instead (the models choose; see ``mesrgan.models.blocks.DenseBlock``). No d
 """
 import torch
 
-from .bottleneck import _check_slope
+from .bottleneck import PARAM_NAMES, BlockParams, _check_slope
 from .layout import callers_format
 
 _out = torch.ops.mesrgan._bottleneck_block_out.default
 _forward = torch.ops.mesrgan.bottleneck_block.default
 _backward_into = torch.ops.mesrgan._bottleneck_block_backward_into.default
 _empty_nhwc = torch.ops.mesrgan._cpu_empty_nhwc.default  # recycled memory: a fresh buffer costs page faults
-PARAMS_PER_LAYER = 6  # expand weight and bias, depthwise weight and bias, projection weight and bias
+PARAMS_PER_LAYER = len(PARAM_NAMES)  # expand weight and bias, depthwise weight and bias, projection weight and bias
+_PROJECT_WEIGHT = PARAM_NAMES.index("project_weight")
 
 
 def dense_bottleneck_stack(x, layers, *, res_scale, between_slope=None, negative_slope=0.2):
@@ -31,9 +32,10 @@ def dense_bottleneck_stack(x, layers, *, res_scale, between_slope=None, negative
 
     Args:
         x: ``(N, F, H, W)``, float32 or float64 on CPU.
-        layers: a sequence of L >= 1 tuples ``(expand_weight, expand_bias, dw_weight, dw_bias,
-            project_weight, project_bias, skip)``, each the arguments of
-            :func:`mesrgan.ops.bottleneck_block`; the last layer's output must have F channels.
+        layers: a sequence of L >= 1 :class:`~mesrgan.ops.bottleneck.BlockParams` (or plain tuples
+            ``(expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, skip)``),
+            each the arguments of :func:`mesrgan.ops.bottleneck_block` after x; the last layer's
+            output must have F channels.
         res_scale: the residual's scale.
         between_slope: LeakyReLU slope applied to layers 1..L-1's outputs (ESRGAN's 0.2), or None.
         negative_slope: the bottleneck blocks' own LeakyReLU slope.
@@ -56,15 +58,17 @@ def dense_bottleneck_stack(x, layers, *, res_scale, between_slope=None, negative
         if len(layer) != PARAMS_PER_LAYER + 1:
             raise ValueError(f"dense_bottleneck_stack: layers[{k}] must be (expand_weight, expand_bias, dw_weight, "
                              f"dw_bias, project_weight, project_bias, skip), got {len(layer)} items")
-        if layer[0].shape[1] != c_in:
-            raise ValueError(f"dense_bottleneck_stack: layers[{k}] expects {layer[0].shape[1]} input channels, but "
+    layers = [BlockParams(*layer) for layer in layers]
+    for k, layer in enumerate(layers):
+        if layer.in_channels != c_in:
+            raise ValueError(f"dense_bottleneck_stack: layers[{k}] expects {layer.in_channels} input channels, but "
                              f"it reads the {c_in} channels of x and the earlier layers' outputs")
-        c_in += layer[4].shape[0]
-    if layers[-1][4].shape[0] != features:
+        c_in += layer.out_channels
+    if layers[-1].out_channels != features:
         raise ValueError(f"dense_bottleneck_stack: the last layer must give x's {features} channels, "
-                         f"got {layers[-1][4].shape[0]}")
-    skips = tuple(bool(layer[PARAMS_PER_LAYER]) for layer in layers)
-    params = [t for layer in layers for t in layer[:PARAMS_PER_LAYER]]
+                         f"got {layers[-1].out_channels}")
+    skips = tuple(bool(layer.skip) for layer in layers)
+    params = [t for layer in layers for t in layer.tensors()]
     return _DenseStack.apply(x, float(res_scale), between_slope, float(negative_slope), skips, *params)
 
 
@@ -77,7 +81,7 @@ class _DenseStack(torch.autograd.Function):
     def forward(ctx, x, res_scale, between_slope, negative_slope, skips, *params):
         layers = len(skips)
         n, features, h, w = x.shape
-        widths = [_layer_params(params, k)[4].shape[0] for k in range(layers - 1)]
+        widths = [_layer_params(params, k)[_PROJECT_WEIGHT].shape[0] for k in range(layers - 1)]
         buf = _empty_nhwc(x, features + sum(widths))
         buf[:, :features].copy_(x)
         c = features
