@@ -26,7 +26,12 @@ import os
 import time
 from collections import defaultdict
 
-import torch
+# Kineto (torch.profiler's engine) logs every profiler start and stop ("USDT: ... profiler_start"),
+# and on a machine without a GPU an "ERROR: gpuGetDeviceCount failed": noise around the tables.
+# Above its highest level (5) it logs nothing; read when torch starts the profiler, so set here.
+os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+
+import torch  # noqa: E402
 import torch.nn.functional as F
 from torch.autograd import DeviceType
 
