@@ -130,3 +130,17 @@ def test_upscale_without_weights_uses_the_shipped_model(tmp_path, capsys):
     assert Image.open(tmp_path / "out.png").size == (80, 96)
     err = capsys.readouterr().err
     assert f"from {DEFAULT_PRETRAINED} (shipped with mesrgan; the default without --weights)" in err
+
+
+def test_pack_takes_the_moving_average_unless_told_not_to(tmp_path):
+    g = _small_checkpoint(tmp_path / "run.pt")
+    state = torch.load(tmp_path / "run.pt", weights_only=True)
+    state["generator_ema"] = {k: v * 0.5 for k, v in state["generator"].items()}
+    torch.save(state, tmp_path / "run.pt")
+    pack_checkpoint(str(tmp_path / "run.pt"), str(tmp_path / "ema.pt"))
+    pack_checkpoint(str(tmp_path / "run.pt"), str(tmp_path / "raw.pt"), ema=False)
+    ema, _ = load_generator(str(tmp_path / "ema.pt"))
+    raw, _ = load_generator(str(tmp_path / "raw.pt"))
+    for name, w in g.state_dict().items():
+        assert torch.equal(raw.state_dict()[name], w.half().float()), name
+        assert torch.equal(ema.state_dict()[name], (w * 0.5).half().float()), name

@@ -5,11 +5,10 @@ the generator in float32 and copies the stored values in, exactly (every float16
 Each file's SHA-256 is recorded here and in its model card (``docs/models/<name>.md``) and checked
 on every load, so a damaged install gives an error, never a silently different model.
 
-``python -m mesrgan.models.pretrained RUN/best.pt OUT.pt`` packs a training checkpoint the same way.
+``python -m mesrgan.models --pack RUN/last.pt OUT.pt`` packs a training checkpoint the same way.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ class Pretrained:
 PRETRAINED = {
     "mesrgan-lite-x4": Pretrained(
         file="mesrgan-lite-x4.pt",
-        sha256="0b29a28b20386cdd3b830c3fe3bf644d3a06f5c8cc666274e9413f3d87198d23",
+        sha256="7a7cf0a9bba7581b16f9768c59bf03fab9f5902c93330384d653efb3ce291987",
         card="docs/models/mesrgan-lite-x4.md",
         summary="MESRGAN-paper lite (hidden_width=output), x4, stage 1 (L1), trained on the bundled photographs"),
 }
@@ -82,13 +81,17 @@ def load_pretrained(name: str = DEFAULT_PRETRAINED, device="cpu", **overrides):
     return load_generator(pretrained_path(name), device=device, **overrides)
 
 
-def pack_checkpoint(source: str, dest: str) -> str:
-    """Write the generator of checkpoint ``source`` (its EMA when it has one) to ``dest`` in the
-    shipped form: our generator format, float16 values. Returns the new file's SHA-256.
+def pack_checkpoint(source: str, dest: str, *, ema: bool = True) -> str:
+    """Write the generator of checkpoint ``source`` to ``dest`` in the shipped form: our generator
+    format, float16 values. Returns the new file's SHA-256.
 
-    Refuses a generator with values float16 cannot hold (beyond its range), which would not load
-    back as the trained model."""
-    generator, info = load_generator(source)
+    ``ema``: take the moving average of the weights when the checkpoint has one (``--ema``), as
+    ``load_generator`` does; False takes the trained generator itself. Refuses a generator with
+    values float16 cannot hold (beyond its range), which would not load back as the trained model."""
+    checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+    if not ema and isinstance(checkpoint, dict):
+        checkpoint.pop("generator_ema", None)
+    generator, info = load_generator(checkpoint)
     state = generator.state_dict()
     for key, value in state.items():
         if value.is_floating_point() and not torch.isfinite(value.half()).all():
@@ -101,16 +104,3 @@ def pack_checkpoint(source: str, dest: str) -> str:
         torch.save(checkpoint, f)
     return _sha256(dest)
 
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m mesrgan.models.pretrained",
-                                     description="Pack a generator checkpoint as a shipped model (float16).")
-    parser.add_argument("source", help="checkpoint to pack (e.g. RUN/best.pt)")
-    parser.add_argument("dest", help="file to write")
-    args = parser.parse_args(argv)
-    print(f"{args.dest}: sha256 {pack_checkpoint(args.source, args.dest)}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
