@@ -302,7 +302,8 @@ def test_block_float16_and_mixed_dtypes_refused():
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_dense_buffer_path(layout):
     torch.manual_seed(0)
-    block = DenseBlock(8, 4, layer=lambda c_in, c_out: BottleneckResidualBlock(c_in, c_out))
+    # impl="mesrgan": our bfloat16 backward (auto leaves differentiated bfloat16 calls to PyTorch)
+    block = DenseBlock(8, 4, layer=lambda c_in, c_out: BottleneckResidualBlock(c_in, c_out, impl="mesrgan"))
     x = torch.randn(2, 8, 9, 7)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
@@ -337,9 +338,9 @@ class MesrganCalls(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def tiny_model():
+def tiny_model(impl="auto"):
     torch.manual_seed(0)
-    return build_generator("mesrgan-paper", num_blocks=2)
+    return build_generator("mesrgan-paper", num_blocks=2, impl=impl)
 
 
 def test_autocast_reaches_the_kernels_in_bfloat16():
@@ -358,7 +359,7 @@ def test_autocast_reaches_the_kernels_in_bfloat16():
 
 
 def test_autocast_training_step_reaches_float32_parameters():
-    model = tiny_model()
+    model = tiny_model(impl="mesrgan")
     x = torch.rand(1, 3, 9, 11)
     with torch.autocast("cpu", torch.bfloat16), MesrganCalls() as mode:
         y = model(x)
@@ -369,8 +370,27 @@ def test_autocast_training_step_reaches_float32_parameters():
         assert p.dtype == torch.float32 and p.grad is not None and p.grad.dtype == torch.float32
 
 
+def test_auto_leaves_a_differentiated_bfloat16_step_to_pytorch():
+    """impl="auto" in bfloat16: our forward where nothing will be differentiated, PyTorch's path for
+    a training step (our bfloat16 backward measured slower); the same gradients either way."""
+    auto, ours = tiny_model(), tiny_model(impl="mesrgan")
+    x = torch.rand(1, 3, 9, 11)
+    with torch.autocast("cpu", torch.bfloat16), MesrganCalls() as mode:
+        with torch.no_grad():
+            auto(x)
+        assert any(name.startswith("bottleneck_block") or name.startswith("_bottleneck_block")
+                   for name, _ in mode.calls)
+        mode.calls.clear()
+        auto(x).float().square().mean().backward()
+        assert mode.calls == []
+        ours(x).float().square().mean().backward()
+    for (name, a), b in zip(auto.named_parameters(), ours.parameters()):
+        assert 0 < a.grad.abs().max()
+        torch.testing.assert_close(a.grad, b.grad, rtol=0.1, atol=0.05 * b.grad.abs().max().item(), msg=name)
+
+
 def test_autocast_depthwise_module_and_gradients():
-    m = DepthwiseConv3x3(6, activation="leaky_relu")
+    m = DepthwiseConv3x3(6, activation="leaky_relu", impl="mesrgan")
     x = torch.randn(2, 6, 7, 5, requires_grad=True)
     with torch.autocast("cpu", torch.bfloat16), MesrganCalls() as mode:
         y = m(x)
@@ -389,7 +409,9 @@ def test_autocast_float16_on_cpu_falls_back_to_pytorch():
         assert not _has_kernel(x) and not block.uses_fused(x)
     assert _has_kernel(x) and block.uses_fused(x)
     with torch.autocast("cpu", torch.bfloat16):
-        assert _has_kernel(x) and block.uses_fused(x)
+        with torch.no_grad():
+            assert _has_kernel(x) and block.uses_fused(x)
+        assert not block.uses_fused(x)  # a call to differentiate: PyTorch's path (auto_picks_ours)
         assert not _has_kernel(x.double()) or kernel_dtype(x.double()) == torch.float64
 
 

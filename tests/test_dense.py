@@ -263,7 +263,10 @@ def test_dense_block_uses_the_buffer_only_where_it_can():
     x = torch.randn(1, 8, 5, 5, dtype=torch.float64)
     assert bottleneck_dense_block().uses_buffer(x)
     assert not bottleneck_dense_block(impl="torch").uses_buffer(x)
-    assert bottleneck_dense_block().uses_buffer(x.to(torch.bfloat16))
+    with torch.no_grad():
+        assert bottleneck_dense_block().uses_buffer(x.to(torch.bfloat16))
+    assert not bottleneck_dense_block().uses_buffer(x.to(torch.bfloat16))  # to differentiate: PyTorch's path
+    assert bottleneck_dense_block(impl="mesrgan").uses_buffer(x.to(torch.bfloat16))
     assert not bottleneck_dense_block().uses_buffer(x.to(torch.float16))
     assert not DenseBlock(8, 4, layer=conv3x3).uses_buffer(x.float())
     mixed = bottleneck_dense_block()

@@ -456,7 +456,14 @@ def test_module_impl_auto_uses_compiled_op(monkeypatch):
     DepthwiseConv3x3(4, impl="torch")(torch.randn(1, 4, 5, 5))
     assert calls == []
     # bfloat16 has a CPU kernel; float16 has none: "auto" falls back to PyTorch, "mesrgan" refuses clearly.
+    with torch.no_grad():
+        DepthwiseConv3x3(4, dtype=torch.bfloat16)(torch.randn(1, 4, 5, 5, dtype=torch.bfloat16))
+    assert calls == [(1, 4, 5, 5)]
+    calls.clear()
+    # ... but a bfloat16 call that will be differentiated takes PyTorch's path (auto_picks_ours)
     DepthwiseConv3x3(4, dtype=torch.bfloat16)(torch.randn(1, 4, 5, 5, dtype=torch.bfloat16))
+    assert calls == []
+    DepthwiseConv3x3(4, dtype=torch.bfloat16, impl="mesrgan")(torch.randn(1, 4, 5, 5, dtype=torch.bfloat16))
     assert calls == [(1, 4, 5, 5)]
     calls.clear()
     DepthwiseConv3x3(4, dtype=torch.float16)(torch.randn(1, 4, 5, 5, dtype=torch.float16))

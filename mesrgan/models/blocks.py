@@ -7,7 +7,7 @@ from torch.nn import functional as F
 
 from ..ops import BlockParams, DepthwiseConv3x3, bottleneck_block, has_fused_kernel
 from ..ops.dense import dense_bottleneck_stack
-from ..ops.depthwise import IMPLS, autocast_dtype
+from ..ops.depthwise import IMPLS, auto_picks_ours, autocast_dtype
 from ..ops.layout import callers_format
 from ..ops.triton_bottleneck import bottleneck_block_triton
 
@@ -71,10 +71,12 @@ class BottleneckResidualBlock(nn.Module):
     depthwise 3×3 with LeakyReLU → 1×1 project, linear. The input is added back only when ``skip``
     is set and ``C_in == C_out``.
 
-    With ``impl="auto"`` or ``"mesrgan"``, a CPU float32 / float64 input runs the whole block as one
-    fused op (``mesrgan.ops.bottleneck_block``: the hidden tensor is never stored at full size, and
-    the backward recomputes it); elsewhere (CUDA) the depthwise step uses our op
-    (``mesrgan.ops.DepthwiseConv3x3``) between PyTorch's 1×1 convolutions. ``impl="torch"`` is
+    With ``impl="auto"`` or ``"mesrgan"``, a CPU float32 / float64 / bfloat16 input runs the whole
+    block as one fused op (``mesrgan.ops.bottleneck_block``: the hidden tensor is never stored at
+    full size, and the backward recomputes it); elsewhere (CUDA) the depthwise step uses our op
+    (``mesrgan.ops.DepthwiseConv3x3``) between PyTorch's 1×1 convolutions. ``"auto"`` leaves CPU
+    bfloat16 calls that will be differentiated to PyTorch's path, which measured faster in training
+    (``mesrgan.ops.depthwise.auto_picks_ours``). ``impl="torch"`` is
     PyTorch's own path throughout. ``impl="triton"`` runs the whole block as the fused op written in
     Triton (``mesrgan.ops.triton_bottleneck``), for CUDA tensors (CPU tensors only under Triton's
     interpreter, ``TRITON_INTERPRET=1``); it is chosen only when asked for, never by ``"auto"``, and
@@ -122,7 +124,11 @@ class BottleneckResidualBlock(nn.Module):
     def uses_fused(self, x):
         """Whether ``forward(x)`` runs the compiled fused op (not the Triton one: the dense block's
         concatenation-free buffer is built on the compiled op, so under impl="triton" it concatenates)."""
-        return self.impl in ("auto", "mesrgan") and has_fused_kernel(x) and not torch.jit.is_scripting()
+        if torch.jit.is_scripting():
+            return False
+        if self.impl == "auto":
+            return auto_picks_ours(x, self, has_fused_kernel)
+        return self.impl == "mesrgan" and has_fused_kernel(x)
 
     def fused_args(self) -> BlockParams:
         """The fused op's arguments after x: the six parameters, then skip."""

@@ -160,6 +160,22 @@ def _has_kernel(x):
     return False
 
 
+def _will_differentiate(x, module):
+    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters()))
+
+
+def auto_picks_ours(x, module, has_kernel=None):
+    """``impl="auto"``'s choice for ``module`` called on x: ours where we have a kernel
+    (``has_kernel(x)``; default: the depthwise op's), except a CPU bfloat16 call that will be
+    differentiated. Our bfloat16 backward still runs the float32 kernels on float32 copies of
+    whole tensors: a MESRGAN-paper training step under ``torch.autocast("cpu", torch.bfloat16)``
+    took 1.4x the time of PyTorch's path with it (AMD EPYC Zen 4, 2 threads, 2026-12-05), while our
+    bfloat16 forward is the faster one."""
+    if not (has_kernel or _has_kernel)(x):
+        return False
+    return not (x.device.type == "cpu" and kernel_dtype(x) == torch.bfloat16 and _will_differentiate(x, module))
+
+
 class DepthwiseConv3x3(nn.Module):
     """Depthwise 3x3 convolution (stride 1, padding 1) with an optional fused activation.
 
@@ -174,7 +190,8 @@ class DepthwiseConv3x3(nn.Module):
         impl: ``"mesrgan"`` always uses the compiled op (errors where it has no kernel);
             ``"torch"`` uses ``F.conv2d`` + activation (PyTorch's path, the paper's baseline);
             ``"auto"`` uses the compiled op where it has a kernel for the input's device and dtype
-            (the autocast dtype inside ``torch.autocast``) and PyTorch's path elsewhere.
+            (the autocast dtype inside ``torch.autocast``) and PyTorch's path elsewhere, and for
+            CPU bfloat16 calls that will be differentiated (see :func:`auto_picks_ours`).
     """
 
     def __init__(self, channels, bias=True, activation="none", negative_slope=0.2, impl="auto",
@@ -204,7 +221,7 @@ class DepthwiseConv3x3(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x):
-        if self.impl == "torch" or (self.impl == "auto" and not _has_kernel(x)):
+        if self.impl == "torch" or (self.impl == "auto" and not auto_picks_ours(x, self)):
             return depthwise_conv3x3_reference(x, self.weight, self.bias, activation=self.activation,
                                                negative_slope=self.negative_slope)
         return depthwise_conv3x3(x, self.weight, self.bias, activation=self.activation,
