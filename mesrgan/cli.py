@@ -23,8 +23,8 @@ from .io.atomic import write_text_atomic  # noqa: F401  (re-exported for the pro
 from .models import CheckpointError, load_generator
 from .models.pretrained import PRETRAINED, PretrainedError, pretrained_path
 
-__all__ = ["UsageError", "resolve_device", "weights_file", "weights_label", "load_checkpoint", "DTYPES", "DTYPE_HELP", "resolve_dtype",
-           "int_range", "float_range", "check_dir", "check_file", "prepare_dir", "prepare_file", "write_text_atomic",
+__all__ = ["UsageError", "resolve_device", "weights_file", "weights_label", "load_checkpoint", "DTYPES", "DTYPE_HELP",
+           "resolve_dtype", "int_range", "float_range", "check_dir", "check_file", "prepare_dir", "prepare_file", "write_text_atomic",
            "output_stems", "check_finite_weights", "return_freed_memory", "run_program", "Stopped"]
 
 

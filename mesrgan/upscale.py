@@ -191,6 +191,9 @@ def run(args):
     jobs = _collect_inputs(args.inputs)
     single_file_output = _check_output(args, jobs)
     defaulted = args.weights is None
+    if defaulted and args.scale not in (None, 4):
+        raise UsageError(f"--scale {args.scale}: the model used without --weights ({DEFAULT_PRETRAINED}) is x4; "
+                         f"pass --weights with a x{args.scale} generator")
     given = DEFAULT_PRETRAINED if defaulted else args.weights
     args.weights = weights_file(given)  # a run folder stands for its best generator, a name for a shipped model
     generator, info, _ = load_checkpoint(args.weights, args.model, device, args.scale)

@@ -144,3 +144,12 @@ def test_pack_takes_the_moving_average_unless_told_not_to(tmp_path):
     for name, w in g.state_dict().items():
         assert torch.equal(raw.state_dict()[name], w.half().float()), name
         assert torch.equal(ema.state_dict()[name], (w * 0.5).half().float()), name
+
+
+def test_upscale_without_weights_refuses_another_scale_in_one_line(tmp_path, capsys):
+    from PIL import Image
+
+    Image.fromarray(bundled_images("val")[0][1][:16, :16]).save(tmp_path / "in.png")
+    assert upscale_main([str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--scale", "2"]) == 2
+    assert "--scale 2: the model used without --weights (mesrgan-lite-x4) is x4" in capsys.readouterr().err
+    assert not (tmp_path / "out.png").exists()
