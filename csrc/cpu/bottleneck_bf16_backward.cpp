@@ -10,10 +10,12 @@
 //   g2 = (dy W2) * act'(h2)        A = dy's rows in place
 //   dx = g1 W1 (+ dy)              A = g1 rounded to bfloat16 (as oneDNN rounds a bfloat16 conv's
 //                                  gradient operands)
-// The weight gradients dW2 += dy^T h2 and dW1 += g1^T x are float32 GEMMs on widened rows: their
-// reduction runs over the pixels, and keeping h2 and g1 unrounded there costs one widening of the
-// band's x and dy rows. Without AVX512_BF16 (or MESRGAN_CPU_ISA=avx2 / base) every GEMM is the float32
-// one on widened rows.
+// and so do the weight gradients, whose sums run over the band's pixels, taken in pairs:
+//   dW2 += dy^T h2                 A = dy's channels, two pixels interleaved; B = h2 rounded
+//   dW1^T += x^T g1                A = x's channels, two pixels interleaved; B = g1 rounded
+// (dW1 summed transposed, so that A is x as it is: each group's sum is turned round once at the end).
+// Without AVX512_BF16 (or MESRGAN_CPU_ISA=avx2 / base) every GEMM is the float32 one on widened rows,
+// and each gradient is, bit for bit, the float32 backward's rounded once.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -46,14 +48,18 @@ struct GradIoBf16 {
 // Per-thread float32 rows for bands of R rows: h1 (R + 4 rows), h2 and g2 (R + 2), g1 (R) as in the
 // float32 backward; `widened`: the A rows of a float32 GEMM on x or dy (up to R + 4 rows, the
 // float32 form only); x_band and dy_band: the band's rows of x and dy (weight gradients, skip);
-// dx: the band's x gradient before it is rounded; g1b: g1 rounded, for the bfloat16 GEMM.
+// dx: the band's x gradient before it is rounded; g1b: g1 rounded, for the bfloat16 GEMM; a_pairs and
+// b_packed: the operands of a weight gradient's bfloat16 GEMM.
 struct BackwardScratch {
   float *h1, *h2, *g2, *g1, *widened, *x_band, *dy_band, *dx;
-  uint16_t* g1b;
+  uint16_t *g1b, *b_packed;
+  uint32_t* a_pairs;
   BackwardScratch(const Dims& d, int64_t R) {
-    const int64_t row = d.row_h(), px = R * d.W;
-    const int64_t wide = (R + 4) * d.W * std::max(d.c_in, d.c_out);
-    h1 = scratch<float>((4 * R + 8) * row + wide + px * (2 * d.c_in + d.c_out) + (px * d.hidden + 1) / 2);
+    const int64_t row = d.row_h(), px = R * d.W, channels = std::max(d.c_in, d.c_out);
+    const int64_t wide = (R + 4) * d.W * channels;
+    const int64_t pairs = (px + 1) / 2 * channels, packed = gemm::packed_size_bf16(px, d.hidden);
+    h1 = scratch<float>((4 * R + 8) * row + wide + px * (2 * d.c_in + d.c_out) + (px * d.hidden + 1) / 2 + pairs +
+                        (packed + 1) / 2 + 16);
     h2 = h1 + (R + 4) * row;
     g2 = h2 + (R + 2) * row;
     g1 = g2 + (R + 2) * row;
@@ -61,9 +67,27 @@ struct BackwardScratch {
     x_band = widened + wide;
     dy_band = x_band + px * d.c_in;
     dx = dy_band + px * d.c_out;
-    g1b = reinterpret_cast<uint16_t*>(dx + px * d.c_in);
+    a_pairs = reinterpret_cast<uint32_t*>(dx + px * d.c_in);
+    g1b = reinterpret_cast<uint16_t*>(a_pairs + pairs);
+    b_packed = g1b + (px * d.hidden + 1) / 2 * 2;
   }
 };
+
+// C (c x N) += A^T B summed over P pixels with vdpbf16ps taking the pixels in pairs: A = P pixels of c
+// bfloat16 channels (ld apart, read as they are), B = P dense float32 rows of N, rounded to bfloat16
+// (as the GEMMs round their other float32 operands).
+void weight_grad_bf16(const uint16_t* a, int64_t ld, int64_t c, const float* b, int64_t N, int64_t P,
+                      const BackwardScratch& s, float* C) {
+#ifdef MESRGAN_HAVE_X86_KERNELS
+  gemm::pack_pixel_pairs_bf16(a, ld, P, c, s.a_pairs);
+  const gemm::BMatrixBf16 B = gemm::pack_rows_b_bf16(b, P, N, s.b_packed);
+  Epilogue<float> acc;
+  acc.accumulate = true;
+  gemm::gemm_bf16_pairs_avx512(c, N, P, s.a_pairs, B, C, N, acc);
+#else
+  TORCH_CHECK(false, "bottleneck_block: no bfloat16 GEMM in this build");
+#endif
+}
 
 // g2 = (dy W2) * act'(h2) for P pixels of dy (bfloat16, ld_dy apart) into out (dense float32), h2
 // holding the same pixels' depthwise output: the bfloat16 GEMM on dy in place, or dy widened into
@@ -112,11 +136,13 @@ void band_gradients(const Block<float>& k, const Bf16Weights& wb, const Needs& n
                     const float* h2, const float* g2, const BackwardScratch& s) {
   const Dims& d = k.d;
   const int64_t row = d.row_h(), P = (b - a) * d.W;
-  if (need.w2 || need.b2 || (need.x && k.skip))
-    widen_pixels(pixel_row(io.dy, d, io.ld_dy, n, a), io.ld_dy, s.dy_band, P, d.c_out);
+  const uint16_t* dy = pixel_row(io.dy, d, io.ld_dy, n, a);
+  const uint16_t* x = pixel_row(io.x, d, io.ld_x, n, a);
+  if (need.b2 || (need.x && k.skip) || (need.w2 && !wb.on)) widen_pixels(dy, io.ld_dy, s.dy_band, P, d.c_out);
   Epilogue<float> acc;
   acc.accumulate = true;
-  if (need.w2)  // dW2 += dy^T h2
+  if (need.w2 && wb.on) weight_grad_bf16(dy, io.ld_dy, d.c_out, h2, d.hidden, P, s, part + gl.w2);
+  if (need.w2 && !wb.on)  // dW2 += dy^T h2
     k.matmul(d.c_out, d.hidden, P, s.dy_band, 1, d.c_out, mat(h2, P, d.hidden, d.hidden), k.own_rows(h2, d.hidden),
              part + gl.w2, d.hidden, acc);
   if (need.b2) k.fn.column_sum(s.dy_band, d.c_out, P, d.c_out, part + gl.b2);
@@ -125,8 +151,11 @@ void band_gradients(const Block<float>& k, const Bf16Weights& wb, const Needs& n
   if (!(need.x || need.w1 || need.b1)) return;
   k.fn.dw_backward_input(g2, k.wt_rot, h1 + row, s.g1, b - a, d.W, d.hidden, k.slope);
   if (need.b1) k.fn.column_sum(s.g1, d.hidden, P, d.hidden, part + gl.b1);
-  if (need.w1) {  // dW1 += g1^T x
-    widen_pixels(pixel_row(io.x, d, io.ld_x, n, a), io.ld_x, s.x_band, P, d.c_in);
+  // dW1 += g1^T x; the bfloat16 form sums its transpose x^T g1 (A = x's rows as they are), turned
+  // round once at the end (backward_partials).
+  if (need.w1 && wb.on) weight_grad_bf16(x, io.ld_x, d.c_in, s.g1, d.hidden, P, s, part + gl.w1);
+  if (need.w1 && !wb.on) {
+    widen_pixels(x, io.ld_x, s.x_band, P, d.c_in);
     k.matmul(d.hidden, d.c_in, P, s.g1, 1, d.hidden, mat(s.x_band, P, d.c_in, d.c_in), k.own_rows(s.x_band, d.c_in),
              part + gl.w1, d.c_in, acc);
   }
@@ -190,6 +219,10 @@ void backward_partials(const Nhwc& dy, const Nhwc& x, const at::Tensor& w1, cons
       [&](const BackwardScratch& s, int64_t g, int64_t n, int64_t r0, int64_t r1) {
         backward_chunk(k, wb, need, gl, io, pp + g * gl.size, n, r0, r1, c.R, s);
       });
+  if (wb.on && need.w1) {  // each group's dW1^T (c_in x hidden) -> dW1 (hidden x c_in)
+    const at::Tensor w1s = part.narrow(1, gl.w1, d.hidden * d.c_in);
+    w1s.copy_(w1s.view({c.groups, d.c_in, d.hidden}).transpose(1, 2).contiguous().view({c.groups, -1}));
+  }
 }
 
 }  // namespace bf16
