@@ -102,20 +102,6 @@ def _check_devices(x, *params):
             raise RuntimeError(f"bottleneck_block: {name} must be on x's device ({x.device}), got {t.device}")
 
 
-# The form of the fused block's bfloat16 GEMMs in this process: "avx512_bf16" (vdpbf16ps) or "float32"
-# (the float32 GEMMs on widened rows); fixed for the process (the CPU, MESRGAN_CPU_ISA).
-_CPU_BF16_GEMM = torch.ops.mesrgan._cpu_bf16_gemm()
-
-
-def fused_bf16_training_wins():
-    """Whether ``impl="auto"`` trains CPU bfloat16 blocks with the fused op: where its bfloat16 GEMMs
-    run vdpbf16ps (AVX512_BF16). Its backward then works band by band on bfloat16 rows, and a
-    MESRGAN-paper autocast training step took about 0.6x the time of PyTorch's path (AMD EPYC Zen 4,
-    2 threads, LR 32 batch 4, 2026-12-05). Without AVX512_BF16 its GEMMs are float32 ones on widened
-    rows, not measured against PyTorch's path: that stays PyTorch's."""
-    return _CPU_BF16_GEMM == "avx512_bf16"
-
-
 def has_fused_kernel(x):
     """Whether the fused op has a kernel for x's device and dtype (CPU: float32, float64, bfloat16),
     the dtype being the autocast dtype inside ``torch.autocast`` (see :func:`kernel_dtype`)."""

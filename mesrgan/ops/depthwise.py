@@ -164,22 +164,16 @@ def _will_differentiate(x, module):
     return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters()))
 
 
-def auto_picks_ours(x, module, has_kernel=None, ours_trains_bf16=False):
+def auto_picks_ours(x, module, has_kernel=None):
     """``impl="auto"``'s choice for ``module`` called on x: ours where we have a kernel
     (``has_kernel(x)``; default: the depthwise op's), except a CPU bfloat16 call that will be
-    differentiated, which takes PyTorch's path unless ``ours_trains_bf16``.
-
-    The fused block passes ``ours_trains_bf16`` where its bfloat16 backward runs vdpbf16ps
-    (``bottleneck.fused_bf16_training_wins``): there a MESRGAN-paper training step under
-    ``torch.autocast("cpu", torch.bfloat16)`` took about 0.6x the time of PyTorch's path (AMD EPYC
-    Zen 4, 2 threads, 2026-12-05). The depthwise op alone measured level with PyTorch's path in
-    bfloat16 training (1.05x, same machine), and without AVX512_BF16 our bfloat16 backward runs
-    float32 GEMMs, not measured against PyTorch's: both stay on PyTorch's path."""
+    differentiated. Our bfloat16 backward still runs the float32 kernels on float32 copies of
+    whole tensors: a MESRGAN-paper training step under ``torch.autocast("cpu", torch.bfloat16)``
+    took 1.4x the time of PyTorch's path with it (AMD EPYC Zen 4, 2 threads, 2026-12-05), while our
+    bfloat16 forward is the faster one."""
     if not (has_kernel or _has_kernel)(x):
         return False
-    if x.device.type == "cpu" and kernel_dtype(x) == torch.bfloat16 and _will_differentiate(x, module):
-        return ours_trains_bf16
-    return True
+    return not (x.device.type == "cpu" and kernel_dtype(x) == torch.bfloat16 and _will_differentiate(x, module))
 
 
 class DepthwiseConv3x3(nn.Module):
