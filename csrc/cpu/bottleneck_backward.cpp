@@ -157,9 +157,9 @@ std::array<at::Tensor, 6> weight_grads(const at::Tensor& total, const Dims& d, c
     return needed ? total.narrow(0, offset, size).to(dtype, false, true) : at::empty({0}, total.options().dtype(dtype));
   };
   at::Tensor gw1 = need.w1 ? piece(true, gl.w1, d.hidden * d.c_in).view({d.hidden, d.c_in, 1, 1}) : piece(false, 0, 0);
-  at::Tensor gwd = need.wd ? total.narrow(0, gl.wd, 9 * d.hidden).view({9, d.hidden}).t().to(dtype).contiguous().view(
-                                 {d.hidden, 1, 3, 3})
-                           : piece(false, 0, 0);
+  at::Tensor gwd = piece(false, 0, 0);
+  if (need.wd)  // the sums are tap-major, (9, hidden)
+    gwd = total.narrow(0, gl.wd, 9 * d.hidden).view({9, d.hidden}).t().to(dtype).contiguous().view({d.hidden, 1, 3, 3});
   at::Tensor gw2 =
       need.w2 ? piece(true, gl.w2, d.c_out * d.hidden).view({d.c_out, d.hidden, 1, 1}) : piece(false, 0, 0);
   return {gw1, piece(need.b1, gl.b1, d.hidden), gwd, piece(need.bd, gl.bd, d.hidden), gw2, piece(need.b2, gl.b2, d.c_out)};

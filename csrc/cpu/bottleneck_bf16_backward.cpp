@@ -141,20 +141,21 @@ void band_gradients(const Block<float>& k, const Bf16Weights& wb, const Needs& n
   if (need.b2 || (need.x && k.skip) || (need.w2 && !wb.on)) widen_pixels(dy, io.ld_dy, s.dy_band, P, d.c_out);
   Epilogue<float> acc;
   acc.accumulate = true;
-  if (need.w2 && wb.on) weight_grad_bf16(dy, io.ld_dy, d.c_out, h2, d.hidden, P, s, part + gl.w2);
-  if (need.w2 && !wb.on)  // dW2 += dy^T h2
+  if (need.w2 && wb.on) {  // dW2 += dy^T h2
+    weight_grad_bf16(dy, io.ld_dy, d.c_out, h2, d.hidden, P, s, part + gl.w2);
+  } else if (need.w2) {
     k.matmul(d.c_out, d.hidden, P, s.dy_band, 1, d.c_out, mat(h2, P, d.hidden, d.hidden), k.own_rows(h2, d.hidden),
              part + gl.w2, d.hidden, acc);
+  }
   if (need.b2) k.fn.column_sum(s.dy_band, d.c_out, P, d.c_out, part + gl.b2);
   if (need.wd || need.bd)
     k.fn.dw_backward_weight(h1, g2 + row, part + gl.wd, part + gl.bd, b - a, d.W, d.hidden);
   if (!(need.x || need.w1 || need.b1)) return;
   k.fn.dw_backward_input(g2, k.wt_rot, h1 + row, s.g1, b - a, d.W, d.hidden, k.slope);
   if (need.b1) k.fn.column_sum(s.g1, d.hidden, P, d.hidden, part + gl.b1);
-  // dW1 += g1^T x; the bfloat16 form sums its transpose x^T g1 (A = x's rows as they are), turned
-  // round once at the end (backward_partials).
-  if (need.w1 && wb.on) weight_grad_bf16(x, io.ld_x, d.c_in, s.g1, d.hidden, P, s, part + gl.w1);
-  if (need.w1 && !wb.on) {
+  if (need.w1 && wb.on) {  // dW1^T += x^T g1 (A = x's rows as they are), turned round in backward_partials
+    weight_grad_bf16(x, io.ld_x, d.c_in, s.g1, d.hidden, P, s, part + gl.w1);
+  } else if (need.w1) {  // dW1 += g1^T x
     widen_pixels(x, io.ld_x, s.x_band, P, d.c_in);
     k.matmul(d.hidden, d.c_in, P, s.g1, 1, d.hidden, mat(s.x_band, P, d.c_in, d.c_in), k.own_rows(s.x_band, d.c_in),
              part + gl.w1, d.c_in, acc);
