@@ -17,6 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from mesrgan.models import build_generator
 from mesrgan.models.blocks import BottleneckResidualBlock, DenseBlock
 from mesrgan.ops import DepthwiseConv3x3, bottleneck_block, depthwise_conv3x3
+from mesrgan.ops.bottleneck import bottleneck_block_reference
 from mesrgan.ops.depthwise import _has_kernel, kernel_dtype
 
 # Largest error seen in these tests, relative to the reference's largest magnitude, was 1.1e-2 (a
@@ -131,6 +132,13 @@ params = [(torch.randn(s) * 0.3).to(torch.bfloat16).requires_grad_()
 y = ops.bottleneck_block(xb, *params, skip=True)
 y.backward(torch.randn(y.shape).to(torch.bfloat16))
 out["block"] = [y.detach().contiguous(), xb.grad.contiguous()] + [p.grad for p in params]
+buf = torch.randn(2, 20, 9, 21).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+gbuf = torch.randn(2, 20, 9, 21).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+gy = torch.randn(2, 7, 9, 21).to(torch.bfloat16)
+w = [params[0], params[1], params[2], params[3], (torch.randn(7, 26, 1, 1) * 0.3).to(torch.bfloat16)]
+grads = torch.ops.mesrgan._bottleneck_block_backward_into(gy, buf[:, :13], *w, False, 0.2, [True] * 7,
+                                                          gbuf[:, :13], True)
+out["block_into"] = [gbuf.contiguous()] + list(grads)
 torch.save(out, sys.argv[1])
 """
 
@@ -154,7 +162,7 @@ def test_isa_and_gemm_paths_agree(tmp_path):
     for g in ("avx2", "avx512", "blas"):  # the CPU has all three here; otherwise the nearest one runs
         assert results[f"gemm-{g}"]["gemm"] in (g, "avx2", "blas")
     for name in runs:
-        for key in ("nchw", "nhwc", "block"):
+        for key in ("nchw", "nhwc", "block", "block_into"):
             for a, b in zip(results[name][key], results["base"][key]):
                 # Float32 sums in another order, then the same rounding: a bfloat16 step or so apart.
                 torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2 * b.abs().max().item())
@@ -277,6 +285,159 @@ def test_block_forward_float32_gemms_bit_exact(isa):
     env = {**os.environ, "OMP_NUM_THREADS": "2", "MESRGAN_CPU_ISA": isa}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run([sys.executable, "-c", EXACT_SCRIPT], check=True, env=env, cwd=root)
+
+
+# --- the block's backward, band by band --------------------------------------------------------
+
+BACKWARD = torch.ops.mesrgan.bottleneck_block_backward
+BACKWARD_INTO = torch.ops.mesrgan._bottleneck_block_backward_into
+
+# (n, c_in, h, w, hidden, c_out, skip, biases): W and H not multiples of the tiles, images of fewer
+# rows than a band (1 x 1, 13 x 1), several bands and two chunks an image (70 x 16: bands of 8 rows),
+# a band as tall as the image (300 x 1), odd channel counts (the bfloat16 GEMM's odd-K step), no biases.
+BACKWARD_CASES = [(1, 3, 1, 1, 7, 9, False, True), (2, 5, 7, 9, 10, 5, True, True),
+                  (1, 17, 13, 1, 34, 17, True, False), (3, 16, 37, 5, 48, 16, True, True),
+                  (2, 24, 70, 9, 48, 40, False, False), (1, 8, 70, 16, 16, 8, True, True),
+                  (1, 9, 300, 1, 18, 9, True, True)]
+
+
+def backward_inputs(case, layout, seed=5):
+    """x, the six parameters (biases None without them) and grad_out, in bfloat16."""
+    n, c_in, h, w, hidden, c_out, skip, biases = case
+    x, params = block_inputs(n, c_in, h, w, hidden, c_out, layout, seed=seed)
+    if not biases:
+        params[1] = params[3] = params[5] = None
+    gy = torch.randn(n, c_out, h, w, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+    if layout == "channels_last":
+        gy = gy.contiguous(memory_format=torch.channels_last)
+    return x.to(torch.bfloat16), [None if p is None else p.to(torch.bfloat16) for p in params], gy.to(torch.bfloat16)
+
+
+def full_mask(pb):
+    return [True, True, pb[1] is not None, True, pb[3] is not None, True, True]
+
+
+def run_backward(xb, pb, gy, skip, mask):
+    return BACKWARD(gy, xb, *pb[:5], skip, 0.2, mask)
+
+
+def reference_grads(xb, pb, gy, skip):
+    """float64 gradients of PyTorch's path at the same bfloat16 values (None for absent biases)."""
+    leaves = double_leaves(xb, *pb)
+    bottleneck_block_reference(*leaves, skip=skip).backward(gy.double())
+    grads = [None if t is None else t.grad for t in leaves]
+    grads[6] = gy.double().sum((0, 2, 3))  # the project bias's, asked for with or without the bias
+    return grads
+
+
+def with_threads(threads, fn):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("case", BACKWARD_CASES)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_block_backward_band_by_band(case, layout):
+    xb, pb, gy = backward_inputs(case, layout)
+    skip = case[6]
+    mask = full_mask(pb)
+    got = {t: with_threads(t, lambda: run_backward(xb, pb, gy, skip, mask)) for t in (1, 2)}
+    for a, b in zip(got[1], got[2]):  # fixed chunks and groups: the same bits whatever the thread count
+        assert torch.equal(a, b)
+    errs = []
+    for g, want, asked in zip(got[2], reference_grads(xb, pb, gy, skip), mask):
+        if not asked:
+            assert g.numel() == 0
+            continue
+        assert g.shape == want.shape
+        errs.append(assert_bf16_close(g, want))
+    assert sum(errs) > 0
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    assert got[2][0].is_contiguous(memory_format=fmt)
+
+
+@pytest.mark.parametrize("mask", [[True] + [False] * 6, [False, True, True] + [False] * 4,
+                                  [False] * 3 + [True, True, False, False], [False] * 5 + [True, True],
+                                  [False] * 7, [True, False, True, False, True, False, True]])
+def test_block_backward_output_mask_subsets(mask):
+    # Each gradient is computed the same way whatever else is asked for: the same bits.
+    xb, pb, gy = backward_inputs((2, 16, 37, 5, 48, 16, True, True), "channels_last")
+    full = run_backward(xb, pb, gy, True, [True] * 7)
+    part = run_backward(xb, pb, gy, True, mask)
+    for asked, a, b in zip(mask, part, full):
+        assert torch.equal(a, b) if asked else a.numel() == 0
+
+
+def test_block_backward_empty_shapes():
+    for n, h, w in [(0, 5, 5), (2, 0, 4), (2, 4, 0)]:
+        xb, pb, gy = backward_inputs((n, 4, h, w, 8, 4, True, True), "channels_last")
+        got = run_backward(xb, pb, gy, True, [True] * 7)
+        assert got[0].shape == xb.shape
+        for g, p in zip(got[1:], pb):
+            assert g.dtype == torch.bfloat16 and g.shape == p.shape and not g.any()
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+@pytest.mark.parametrize("skip", [False, True])
+def test_block_backward_into_a_channel_slice_in_bfloat16(accumulate, skip):
+    # A dense block's layer reads x from a slice of the block's buffer and adds its gradient into the
+    # same slice of the gradient buffer: pixels are the buffers' widths apart, the other channels stay.
+    xb, pb, gy = backward_inputs((2, 6, 11, 7, 12, 6, skip, True), "channels_last", seed=7)
+    buf = torch.full((2, 14, 11, 7), 3.0, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    buf[:, :6] = xb
+    g = torch.Generator().manual_seed(8)
+    gbuf = torch.randn(2, 14, 11, 7, generator=g).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    before = gbuf.clone()
+    grads = BACKWARD_INTO(gy, buf[:, :6], *pb[:5], skip, 0.2, [True] * 7, gbuf[:, :6], accumulate)
+    want = reference_grads(xb, pb, gy, skip)
+    expected = want[0] + before[:, :6].double() if accumulate else want[0]
+    assert assert_bf16_close(gbuf[:, :6], expected) > 0
+    assert torch.equal(gbuf[:, 6:], before[:, 6:])
+    for got, w in zip(grads, want[1:]):
+        assert_bf16_close(got, w)
+    # The same gradients as the op that returns x's.
+    full = run_backward(xb, pb, gy, skip, [True] * 7)
+    assert all(torch.equal(a, b) for a, b in zip(grads, full[1:]))
+    if not accumulate:
+        assert torch.equal(gbuf[:, :6], full[0])
+
+
+# With the float32 GEMMs (CPUs without AVX512_BF16, or MESRGAN_CPU_ISA=avx2 / base) the bfloat16
+# backward's arithmetic is the float32 backward's on the widened values, in the same order: each
+# gradient must be, bit for bit, the float32 backward's rounded once. An independent check of the band
+# bookkeeping (halo rows, chunk edges, pixel strides, the accumulation into a buffer's slice).
+BACKWARD_EXACT_SCRIPT = r"""
+import torch, tests.test_bf16_cpu as t
+assert torch.ops.mesrgan._cpu_bf16_gemm() == "float32"
+f32 = lambda ts: [None if p is None else p.float() for p in ts]
+for case in t.BACKWARD_CASES:
+    for layout in ("nchw", "channels_last"):
+        xb, pb, gy = t.backward_inputs(case, layout)
+        mask = t.full_mask(pb)
+        got = t.run_backward(xb, pb, gy, case[6], mask)
+        want = t.run_backward(xb.float(), f32(pb), gy.float(), case[6], mask)
+        assert all(torch.equal(a, b.to(torch.bfloat16)) for a, b in zip(got, want)), (case, layout)
+xb, pb, gy = t.backward_inputs((2, 6, 11, 7, 12, 6, True, True), "channels_last", seed=7)
+buf = torch.randn(2, 14, 11, 7).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+buf[:, :6] = xb
+gbuf = torch.randn(2, 14, 11, 7).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+gbuf_f = gbuf.float()
+got = t.BACKWARD_INTO(gy, buf[:, :6], *pb[:5], True, 0.2, [True] * 7, gbuf[:, :6], True)
+want = t.BACKWARD_INTO(gy.float(), buf.float()[:, :6], *f32(pb[:5]), True, 0.2, [True] * 7, gbuf_f[:, :6], True)
+assert torch.equal(gbuf, gbuf_f.to(torch.bfloat16))
+assert all(torch.equal(a, b.to(torch.bfloat16)) for a, b in zip(got, want))
+"""
+
+
+@pytest.mark.parametrize("isa", ["avx2", "base"])
+def test_block_backward_float32_gemms_bit_exact(isa):
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "MESRGAN_CPU_ISA": isa}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "-c", BACKWARD_EXACT_SCRIPT], check=True, env=env, cwd=root)
 
 
 def test_block_empty_batch_and_opcheck():

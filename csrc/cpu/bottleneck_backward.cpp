@@ -7,6 +7,7 @@
 
 #include "bottleneck_block.h"
 #include "cpu/bottleneck_bf16.h"
+#include "cpu/bottleneck_backward_cpu.h"
 #include "cpu/bottleneck_block_cpu.h"
 
 namespace mesrgan {
@@ -14,25 +15,6 @@ namespace mesrgan {
 using namespace cpu::bottleneck;
 
 namespace {
-
-// Offsets of one chunk's partial gradient sums in its row of the partial-sum matrix.
-struct GradLayout {
-  int64_t w1, b1, wd, bd, w2, b2, size;
-  explicit GradLayout(const Dims& d) {
-    w1 = 0;
-    b1 = w1 + d.hidden * d.c_in;
-    wd = b1 + d.hidden;
-    bd = wd + 9 * d.hidden;
-    w2 = bd + d.hidden;
-    b2 = w2 + d.c_out * d.hidden;
-    size = b2 + d.c_out;
-  }
-};
-
-struct Needs {
-  bool x, w1, b1, wd, bd, w2, b2;
-  bool lower() const { return x || w1 || b1 || wd || bd; }  // anything below the projection
-};
 
 // dy as the backward reads it and dx as it writes it: pixels ld elements apart; dx is added to
 // (accumulate) or overwritten.
@@ -134,16 +116,13 @@ at::Tensor backward_into(const Nhwc& dy, const Nhwc& x, const at::Tensor& w1, co
                          double slope, const Needs& need, const at::Tensor& dx, int64_t ld_dx, bool accumulate) {
   const Dims d = dims_of(x.t, w1, w2);
   const GradLayout gl(d);
-  // Chunks per image from the shape alone (not the thread count), so the sums' order is fixed.
   const bool empty = x.t.numel() == 0;
-  const int64_t R = empty ? 1 : band_rows(d, 128);
-  const int64_t per_image = empty ? 1 : std::max<int64_t>(1, std::min<int64_t>((4 + d.N - 1) / d.N, d.H / (4 * R)));
-  const int64_t chunks = d.N * per_image;
-  // Chunks are dealt to a fixed number of groups, each with one partial sum; few groups keep the
-  // partial sums small (each is the size of all the weights).
-  const int64_t groups = std::max<int64_t>(1, std::min<int64_t>(chunks, 8));
-  at::Tensor part = at::zeros({groups, gl.size}, x.t.options());
-  if (!empty && (need.lower() || need.w2 || need.b2)) {
+  const BackwardChunks c(d, empty);
+  const bool bf16 = x.t.scalar_type() == at::kBFloat16;  // float32 partial sums
+  at::Tensor part = at::zeros({c.groups, gl.size}, x.t.options().dtype(bf16 ? at::kFloat : x.t.scalar_type()));
+  if (!empty && need.any() && bf16) {
+    cpu::bf16::backward_partials(dy, x, w1, b1, wd, bd, w2, skip, slope, need, c, part, dx, ld_dx, accumulate);
+  } else if (!empty && need.any()) {
     AT_DISPATCH_FLOATING_TYPES(x.t.scalar_type(), "bottleneck_block_backward_cpu", [&] {
       std::vector<at::Tensor> keep;
       const Block<scalar_t> k = make_block<scalar_t>(x.t, x.ld, w1, defined_or_empty(b1), wd, defined_or_empty(bd), w2,
@@ -151,38 +130,36 @@ at::Tensor backward_into(const Nhwc& dy, const Nhwc& x, const at::Tensor& w1, co
       const GradIo<scalar_t> io{dy.t.data_ptr<scalar_t>(), dy.ld, need.x ? dx.data_ptr<scalar_t>() : nullptr, ld_dx,
                                 accumulate};
       scalar_t* pp = part.data_ptr<scalar_t>();
-      at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
-        const int64_t row = d.row_h();
-        scalar_t* h1 = scratch<scalar_t>((4 * R + 8) * row);
-        scalar_t* h2 = h1 + (R + 4) * row;
-        scalar_t* g2 = h2 + (R + 2) * row;
-        scalar_t* g1 = g2 + (R + 2) * row;
-        for (int64_t g = begin; g < end; ++g) {
-          for (int64_t t = chunks * g / groups; t < chunks * (g + 1) / groups; ++t) {
-            const int64_t n = t / per_image, j = t % per_image;
-            backward_chunk(k, need, gl, io, pp + g * gl.size, n, d.H * j / per_image, d.H * (j + 1) / per_image, R,
-                           h1, h2, g2, g1);
-          }
-        }
-      });
+      const int64_t row = d.row_h(), R = c.R;
+      c.for_each(
+          d,
+          [&] {
+            scalar_t* h1 = scratch<scalar_t>((4 * R + 8) * row);
+            return std::array<scalar_t*, 4>{h1, h1 + (R + 4) * row, h1 + (2 * R + 6) * row, h1 + (3 * R + 8) * row};
+          },
+          [&](const std::array<scalar_t*, 4>& s, int64_t g, int64_t n, int64_t r0, int64_t r1) {
+            backward_chunk(k, need, gl, io, pp + g * gl.size, n, r0, r1, R, s[0], s[1], s[2], s[3]);
+          });
     });
   } else if (need.x && !accumulate && dx.numel() > 0) {
     dx.zero_();
   }
-  return AT_DISPATCH_FLOATING_TYPES(x.t.scalar_type(), "bottleneck_sum_partials",
+  return AT_DISPATCH_FLOATING_TYPES(part.scalar_type(), "bottleneck_sum_partials",
                                     [&] { return sum_partials<scalar_t>(part); });
 }
 
-// The six weight gradients out of the sums (empty where not needed).
-std::array<at::Tensor, 6> weight_grads(const at::Tensor& total, const Dims& d, const Needs& need) {
+// The six weight gradients out of the sums (empty where not needed), in the parameters' dtype (the
+// sums of a bfloat16 call are float32, rounded here).
+std::array<at::Tensor, 6> weight_grads(const at::Tensor& total, const Dims& d, const Needs& need,
+                                       at::ScalarType dtype) {
   const GradLayout gl(d);
   auto piece = [&](bool needed, int64_t offset, int64_t size) {
-    return needed ? total.narrow(0, offset, size).clone() : at::empty({0}, total.options());
+    return needed ? total.narrow(0, offset, size).to(dtype, false, true) : at::empty({0}, total.options().dtype(dtype));
   };
   at::Tensor gw1 = need.w1 ? piece(true, gl.w1, d.hidden * d.c_in).view({d.hidden, d.c_in, 1, 1}) : piece(false, 0, 0);
-  at::Tensor gwd = need.wd ? total.narrow(0, gl.wd, 9 * d.hidden).view({9, d.hidden}).t().contiguous().view(
-                                 {d.hidden, 1, 3, 3})
-                           : piece(false, 0, 0);
+  at::Tensor gwd = piece(false, 0, 0);
+  if (need.wd)  // the sums are tap-major, (9, hidden)
+    gwd = total.narrow(0, gl.wd, 9 * d.hidden).view({9, d.hidden}).t().to(dtype).contiguous().view({d.hidden, 1, 3, 3});
   at::Tensor gw2 =
       need.w2 ? piece(true, gl.w2, d.c_out * d.hidden).view({d.c_out, d.hidden, 1, 1}) : piece(false, 0, 0);
   return {gw1, piece(need.b1, gl.b1, d.hidden), gwd, piece(need.bd, gl.bd, d.hidden), gw2, piece(need.b2, gl.b2, d.c_out)};
@@ -200,9 +177,6 @@ BottleneckGrads bottleneck_block_backward_cpu(const at::Tensor& grad_out_in, con
                         negative_slope);
   const Dims d = dims_of(x_in, expand_weight, project_weight);
   check_grad_out(grad_out_in, x_in, d, "bottleneck_block_backward");
-  if (x_in.scalar_type() == at::kBFloat16)
-    return cpu::bf16::backward(grad_out_in, x_in, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, skip,
-                          negative_slope, mask);
   const Needs need{mask[0], mask[1], mask[2] && opt(expand_bias), mask[3], mask[4] && opt(dw_bias), mask[5], mask[6]};
   const Nhwc x = as_nhwc(x_in);
   at::Tensor dx = need.x ? at::empty({d.N, d.c_in, d.H, d.W}, x.t.options().memory_format(at::MemoryFormat::ChannelsLast))
@@ -210,7 +184,7 @@ BottleneckGrads bottleneck_block_backward_cpu(const at::Tensor& grad_out_in, con
   const at::Tensor total = backward_into(as_nhwc(grad_out_in), x, expand_weight, expand_bias, dw_weight, dw_bias,
                                          project_weight, skip, negative_slope, need, dx, std::max<int64_t>(d.c_in, 1),
                                          false);
-  const auto g = weight_grads(total, d, need);
+  const auto g = weight_grads(total, d, need, x_in.scalar_type());
   return {need.x ? in_callers_format(dx, x_in) : at::empty({0}, x.t.options()), g[0], g[1], g[2], g[3], g[4], g[5]};
 }
 
@@ -228,14 +202,11 @@ BottleneckWeightGrads bottleneck_block_backward_into_cpu(
   const Dims d = dims_of(x_in, expand_weight, project_weight);
   check_grad_out(grad_out, x_in, d, kOp);
   if (mask[0]) check_destination(grad_x, x_in, d.c_in, kOp, "grad_x");
-  if (x_in.scalar_type() == at::kBFloat16)
-    return cpu::bf16::backward_into(grad_out, x_in, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, skip,
-                               negative_slope, mask, grad_x, accumulate);
   const Needs need{mask[0], mask[1], mask[2] && opt(expand_bias), mask[3], mask[4] && opt(dw_bias), mask[5], mask[6]};
   const at::Tensor total = backward_into(as_nhwc(grad_out), as_nhwc(x_in), expand_weight, expand_bias, dw_weight,
                                          dw_bias, project_weight, skip, negative_slope, need, grad_x,
                                          need.x && grad_x.numel() > 0 ? pixel_stride(grad_x) : 1, accumulate);
-  const auto g = weight_grads(total, d, need);
+  const auto g = weight_grads(total, d, need, x_in.scalar_type());
   return {g[0], g[1], g[2], g[3], g[4], g[5]};
 }
 

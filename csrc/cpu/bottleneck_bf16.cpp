@@ -13,15 +13,23 @@
 // 1.16x (channels_last) with whole-tensor copies to 0.58x / 0.60x with vdpbf16ps; the float32-GEMM
 // form alone is about 1.05x.
 //
-// Backward: still the correct-first form: x, grad_out and the results are converted whole, so a
-// call holds float32 copies of its activations for its duration.
+// Backward (bottleneck_bf16_backward.cpp): band by band too, the float32 backward's chunks on
+// bfloat16 memory, with float32 scratch for a band's rows only; with AVX512_BF16 all five GEMMs run
+// vdpbf16ps (the weight gradients taking the band's pixels in pairs). Measured on the same machine
+// (1 thread, loaded VM, medians; 2 threads in brackets): the backward op on the shape above went
+// from 1.30x its float32 time (whole-tensor copies) to 0.66x; forward + backward under autocast from
+// 0.99x (0.89x) PyTorch's bfloat16 path to 0.80x (0.63x). A whole MESRGAN-paper training step is
+// still 1.0-1.1x PyTorch's path (its layers' wide c_in make the recomputed expand GEMM weigh more),
+// so impl="auto" leaves bfloat16 training to PyTorch's path (depthwise.py, auto_picks_ours).
 //
-// The weights are converted to float32 once per call, either way.
+// What the two share (bf16 <-> float32 rows, packed weights, the GEMMs on bfloat16 rows) is in
+// bottleneck_bf16_band.h, defined here. The weights are converted to float32 once per call.
 #include "cpu/bottleneck_bf16.h"
 
 #include <ATen/Parallel.h>
 
 #include "cpu/bf16.h"
+#include "cpu/bottleneck_bf16_band.h"
 #include "cpu/bottleneck_block_cpu.h"
 #include "cpu/gemm_bf16.h"
 #include "depthwise_conv3x3.h"
@@ -29,37 +37,67 @@
 namespace mesrgan {
 namespace cpu {
 namespace bf16 {
-namespace {
 
-at::Tensor f32(const at::Tensor& t) { return t.to(at::kFloat); }  // keeps the memory format
-OptTensor f32(const OptTensor& t) { return t.has_value() && t->defined() ? OptTensor(f32(*t)) : t; }
-
-// An empty tensor (a gradient not asked for) stays as it is, in bfloat16.
-at::Tensor bf(const at::Tensor& t) { return t.to(at::kBFloat16); }
-
-at::Tensor nhwc_float_like(const at::Tensor& t) {
-  return at::empty(t.sizes(), t.options().dtype(at::kFloat).memory_format(at::MemoryFormat::ChannelsLast));
-}
-
-using namespace cpu::bottleneck;
-
-const uint16_t* bits(const at::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>()); }
-uint16_t* bits_mut(const at::Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>()); }
-
-// P pixels of C channels: bfloat16 ld_src apart -> dense float32. One conversion call when the
-// pixels are dense (a whole tensor's rows), one per pixel in a dense block's buffer.
 void widen_pixels(const uint16_t* src, int64_t ld_src, float* dst, int64_t P, int64_t C) {
   const auto to_float = bf16_convert().to_float;
   if (ld_src == C) return to_float(src, dst, P * C);
   for (int64_t p = 0; p < P; ++p) to_float(src + p * ld_src, dst + p * C, C);
 }
 
-// P pixels of C channels: dense float32 -> bfloat16 ld_dst apart, rounded to nearest-even.
 void narrow_pixels(const float* src, uint16_t* dst, int64_t ld_dst, int64_t P, int64_t C) {
   const auto from_float = bf16_convert().from_float;
   if (ld_dst == C) return from_float(src, dst, P * C);
   for (int64_t p = 0; p < P; ++p) from_float(src + p * C, dst + p * ld_dst, C);
 }
+
+Bf16Weights pack_bf16_weights(const Block<float>& k, bool backward, std::vector<at::Tensor>& keep) {
+  Bf16Weights b;
+  if (!gemm::use_gemm_bf16()) return b;
+  const Dims& d = k.d;
+  // W1^T (K = c_in), then W2^T (K = hidden) for the forward or W2 (K = c_out) and W1 (K = hidden) for
+  // the backward.
+  const int64_t s1 = gemm::packed_size_bf16(d.c_in, d.hidden);
+  const int64_t s2 = backward ? gemm::packed_size_bf16(d.c_out, d.hidden) : gemm::packed_size_bf16(d.hidden, d.c_out);
+  const int64_t s3 = backward ? gemm::packed_size_bf16(d.hidden, d.c_in) : 0;
+  at::Tensor packed = at::empty({s1 + s2 + s3}, at::TensorOptions().dtype(at::kBFloat16));
+  uint16_t* p = bits_mut(packed);
+  b.expand = gemm::pack_b_bf16(k.w1, d.c_in, d.hidden, 1, d.c_in, p);
+  if (backward) {
+    b.project_t = gemm::pack_b_bf16(k.w2, d.c_out, d.hidden, d.hidden, 1, p + s1);
+    b.expand_t = gemm::pack_b_bf16(k.w1, d.hidden, d.c_in, d.c_in, 1, p + s1 + s2);
+  } else {
+    b.project = gemm::pack_b_bf16(k.w2, d.hidden, d.c_out, 1, d.hidden, p + s1);
+  }
+  keep.push_back(packed);
+  b.on = true;
+  return b;
+}
+
+void gemm_bf16(int64_t P, int64_t N, int64_t K, const uint16_t* A, int64_t lda, const gemm::BMatrixBf16& B, float* C,
+               Epilogue<float> ep, float slope) {
+  ep.slope = slope;
+#ifdef MESRGAN_HAVE_X86_KERNELS
+  gemm::gemm_bf16_avx512(P, N, K, A, lda, B, C, N, ep);
+#else
+  TORCH_CHECK(false, "bottleneck_block: no bfloat16 GEMM in this build");
+#endif
+}
+
+void expand_pixels(const Block<float>& k, const Bf16Weights& wb, const uint16_t* x, int64_t ld_x, int64_t P,
+                   float* widened, float* out) {
+  const Dims& d = k.d;
+  if (wb.on) return gemm_bf16(P, d.hidden, d.c_in, x, ld_x, wb.expand, out, k.expand_epilogue(), k.slope);
+  widen_pixels(x, ld_x, widened, P, d.c_in);
+  k.matmul(P, d.hidden, d.c_in, widened, d.c_in, 1, bottleneck::mat(k.w1, d.hidden, d.c_in, d.c_in).t(),
+           k.own.expand, out, d.hidden, k.expand_epilogue());
+}
+
+namespace {
+
+at::Tensor f32(const at::Tensor& t) { return t.to(at::kFloat); }  // keeps the memory format
+OptTensor f32(const OptTensor& t) { return t.has_value() && t->defined() ? OptTensor(f32(*t)) : t; }
+
+using namespace cpu::bottleneck;
 
 // One call's bfloat16 operands around the float32 Block (whose own x pointer is unused).
 struct Bf16Io {
@@ -69,27 +107,6 @@ struct Bf16Io {
   int64_t ld_y;
   const uint16_t* x_row(const Dims& d, int64_t n, int64_t r) const { return x + (n * d.H + r) * d.W * ld_x; }
 };
-
-// B for the bfloat16 GEMM (gemm_bf16.h), when it runs: W1^T and W2^T packed from the float32
-// copies of the weights (exact: they were bfloat16).
-struct Bf16Weights {
-  bool on = false;
-  gemm::BMatrixBf16 expand, project;
-};
-
-Bf16Weights pack_bf16_weights(const Block<float>& k, std::vector<at::Tensor>& keep) {
-  Bf16Weights b;
-  if (!gemm::use_gemm_bf16()) return b;
-  const Dims& d = k.d;
-  const int64_t s1 = gemm::packed_size_bf16(d.c_in, d.hidden), s2 = gemm::packed_size_bf16(d.hidden, d.c_out);
-  at::Tensor packed = at::empty({s1 + s2}, at::TensorOptions().dtype(at::kBFloat16));
-  uint16_t* p = bits_mut(packed);
-  b.expand = gemm::pack_b_bf16(k.w1, d.c_in, d.hidden, 1, d.c_in, p);
-  b.project = gemm::pack_b_bf16(k.w2, d.hidden, d.c_out, 1, d.hidden, p + s1);
-  keep.push_back(packed);
-  b.on = true;
-  return b;
-}
 
 // Per-thread rows of one band: the hidden window (R + 2 rows) and the depthwise's output (R rows) as
 // in the float32 forward, x's rows widened (R + 2 rows), the band's float32 output, and the
@@ -107,17 +124,6 @@ struct BandScratch {
   }
 };
 
-// C (P x N) = A . B then ep, A being P pixels of bfloat16 (lda apart) and B the bfloat16 GEMM's.
-void gemm_bf16(int64_t P, int64_t N, int64_t K, const uint16_t* A, int64_t lda, const gemm::BMatrixBf16& B, float* C,
-               Epilogue<float> ep, float slope) {
-  ep.slope = slope;
-#ifdef MESRGAN_HAVE_X86_KERNELS
-  gemm::gemm_bf16_avx512(P, N, K, A, lda, B, C, N, ep);
-#else
-  TORCH_CHECK(false, "bottleneck_block: no bfloat16 GEMM in this build");
-#endif
-}
-
 // forward_chunk of bottleneck_forward.cpp on bfloat16 memory. With the bfloat16 GEMM, the expand
 // reads x's rows in place and the project reads the depthwise's output rounded to bfloat16 (one more
 // rounding than the float32 form, as oneDNN's bfloat16 convolutions round their inputs); without it
@@ -128,12 +134,7 @@ void forward_chunk(const Block<float>& k, const Bf16Weights& wb, const Bf16Io& i
   const int64_t row = d.row_h();
   auto widen_x = [&](int64_t a, int64_t b) { widen_pixels(io.x_row(d, n, a), io.ld_x, s.xf, (b - a) * d.W, d.c_in); };
   auto expand = [&](int64_t a, int64_t b, float* out) {
-    const int64_t P = (b - a) * d.W;
-    if (wb.on) return gemm_bf16(P, d.hidden, d.c_in, io.x_row(d, n, a), io.ld_x, wb.expand, out,
-                                k.expand_epilogue(), k.slope);
-    widen_x(a, b);
-    k.matmul(P, d.hidden, d.c_in, s.xf, d.c_in, 1, mat(k.w1, d.hidden, d.c_in, d.c_in).t(), k.own.expand, out,
-             d.hidden, k.expand_epilogue());
+    expand_pixels(k, wb, io.x_row(d, n, a), io.ld_x, (b - a) * d.W, s.xf, out);
   };
   int64_t base = r0 - 1;  // image row held by h1's first row
   for (int64_t a = r0; a < r1; a += R) {
@@ -175,7 +176,7 @@ void forward_into(const Nhwc& x, const at::Tensor& w1, const OptTensor& b1, cons
   const Block<float> k = make_block<float>(d, nullptr, 0, f32(w1), defined_or_empty(f32(b1)), f32(wd),
                                            defined_or_empty(f32(bd)), f32(w2), defined_or_empty(f32(b2)), skip, slope,
                                            false, keep);
-  const Bf16Weights wb = pack_bf16_weights(k, keep);
+  const Bf16Weights wb = pack_bf16_weights(k, false, keep);
   const Bf16Io io{bits(x.t), x.ld, bits_mut(y), ld_y};
   const int64_t R = band_rows(d, 256);  // as the float32 forward
   const int64_t per_image = forward_chunks_per_image(d, R, at::get_num_threads());
@@ -203,34 +204,6 @@ void forward_out(const at::Tensor& x, const at::Tensor& w1, const OptTensor& b1,
                  const OptTensor& bd, const at::Tensor& w2, const OptTensor& b2, bool skip, double slope,
                  const at::Tensor& out) {
   forward_into(as_nhwc(x), w1, b1, wd, bd, w2, b2, skip, slope, out, pixel_stride(out));
-}
-
-BottleneckGrads backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& w1, const OptTensor& b1,
-                         const at::Tensor& wd, const OptTensor& bd, const at::Tensor& w2, bool skip, double slope,
-                         std::array<bool, 7> mask) {
-  const auto g = bottleneck_block_backward_cpu(f32(grad_out), f32(x), f32(w1), f32(b1), f32(wd), f32(bd), f32(w2),
-                                               skip, slope, mask);
-  return {bf(std::get<0>(g)), bf(std::get<1>(g)), bf(std::get<2>(g)), bf(std::get<3>(g)), bf(std::get<4>(g)),
-          bf(std::get<5>(g)), bf(std::get<6>(g))};
-}
-
-BottleneckWeightGrads backward_into(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& w1,
-                                    const OptTensor& b1, const at::Tensor& wd, const OptTensor& bd,
-                                    const at::Tensor& w2, bool skip, double slope, std::array<bool, 7> mask,
-                                    const at::Tensor& grad_x, bool accumulate) {
-  // x's gradient in float32 first; added to a bfloat16 grad_x it is rounded once, after the add.
-  const at::Tensor dx = mask[0] ? nhwc_float_like(grad_x) : at::empty({0}, x.options().dtype(at::kFloat));
-  const auto g = bottleneck_block_backward_into_cpu(f32(grad_out), f32(x), f32(w1), f32(b1), f32(wd), f32(bd),
-                                                    f32(w2), skip, slope, mask, dx, false);
-  if (mask[0] && grad_x.numel() > 0) {
-    if (accumulate) {
-      grad_x.copy_(grad_x.to(at::kFloat).add_(dx));
-    } else {
-      grad_x.copy_(dx);
-    }
-  }
-  return {bf(std::get<0>(g)), bf(std::get<1>(g)), bf(std::get<2>(g)), bf(std::get<3>(g)), bf(std::get<4>(g)),
-          bf(std::get<5>(g))};
 }
 
 }  // namespace bf16

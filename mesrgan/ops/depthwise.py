@@ -167,10 +167,11 @@ def _will_differentiate(x, module):
 def auto_picks_ours(x, module, has_kernel=None):
     """``impl="auto"``'s choice for ``module`` called on x: ours where we have a kernel
     (``has_kernel(x)``; default: the depthwise op's), except a CPU bfloat16 call that will be
-    differentiated. Our bfloat16 backward still runs the float32 kernels on float32 copies of
-    whole tensors: a MESRGAN-paper training step under ``torch.autocast("cpu", torch.bfloat16)``
-    took 1.4x the time of PyTorch's path with it (AMD EPYC Zen 4, 2 threads, 2026-12-05), while our
-    bfloat16 forward is the faster one."""
+    differentiated. A MESRGAN-paper training step under ``torch.autocast("cpu", torch.bfloat16)``
+    took 1.4x the time of PyTorch's path when our bfloat16 backward converted whole tensors to
+    float32, and still 1.0-1.1x with the band-wise one that runs vdpbf16ps (AMD EPYC Zen 4, 1 and 2
+    threads, 2026-12-05): the fused backward recomputes the expand GEMM that PyTorch's path keeps
+    from its forward, while our bfloat16 forward is the faster one."""
     if not (has_kernel or _has_kernel)(x):
         return False
     return not (x.device.type == "cpu" and kernel_dtype(x) == torch.bfloat16 and _will_differentiate(x, module))
