@@ -23,6 +23,7 @@
 
 #include "cpu/bf16.h"
 #include "cpu/bottleneck_block_cpu.h"
+#include "cpu/bottleneck_dw_bf16.h"
 #include "cpu/gemm_bf16.h"
 #include "depthwise_conv3x3.h"
 
@@ -118,6 +119,16 @@ void gemm_bf16(int64_t P, int64_t N, int64_t K, const uint16_t* A, int64_t lda, 
 #endif
 }
 
+// The band's depthwise + LeakyReLU from h1 (at the row above the band's first): into h2b, rounded to
+// bfloat16, for the bfloat16 GEMM; into h2 (float32) for the float32 GEMMs.
+void depthwise(const Block<float>& k, const Bf16Weights& wb, const float* h1, int64_t rows, const BandScratch& s) {
+  const Dims& d = k.d;
+#ifdef MESRGAN_HAVE_X86_KERNELS
+  if (wb.on) return dw_forward_to_bf16_avx512(h1, k.wt, k.bd, s.h2b, rows, d.W, d.hidden, k.slope);
+#endif
+  k.fn.dw_forward(h1, k.wt, k.bd, s.h2, rows, d.W, d.hidden, k.slope);
+}
+
 // forward_chunk of bottleneck_forward.cpp on bfloat16 memory. With the bfloat16 GEMM, the expand
 // reads x's rows in place and the project reads the depthwise's output rounded to bfloat16 (one more
 // rounding than the float32 form, as oneDNN's bfloat16 convolutions round their inputs); without it
@@ -145,7 +156,7 @@ void forward_chunk(const Block<float>& k, const Bf16Weights& wb, const Bf16Io& i
       base = a - 1;
       k.rows_inside(a + 1, b + 1, s.h1 + 2 * row, expand);
     }
-    k.fn.dw_forward(s.h1 + (a - 1 - base) * row, k.wt, k.bd, s.h2, b - a, d.W, d.hidden, k.slope);
+    depthwise(k, wb, s.h1 + (a - 1 - base) * row, b - a, s);
     const int64_t P = (b - a) * d.W;
     Epilogue<float> ep;
     ep.bias = k.b2;
@@ -155,7 +166,6 @@ void forward_chunk(const Block<float>& k, const Bf16Weights& wb, const Bf16Io& i
       ep.ld_add = d.c_in;
     }
     if (wb.on) {
-      bf16_convert().from_float(s.h2, s.h2b, P * d.hidden);
       gemm_bf16(P, d.c_out, d.hidden, s.h2b, d.hidden, wb.project, s.yf, ep, k.slope);
     } else {
       k.matmul(P, d.c_out, d.hidden, s.h2, d.hidden, 1, mat(k.w2, d.c_out, d.hidden, d.hidden).t(), k.own.project,
