@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "cpu/bf16.h"
 
@@ -21,13 +22,23 @@ int64_t packed_size_bf16(int64_t K, int64_t N) { return ((K + 1) / 2) * 2 * ((N 
 
 BMatrixBf16 pack_b_bf16(const float* src, int64_t K, int64_t N, int64_t ks, int64_t js, uint16_t* dst) {
   const int64_t pairs = (K + 1) / 2, panels = (N + kNR - 1) / kNR, panel_stride = pairs * 2 * kNR;
-  for (int64_t p = 0; p < panels; ++p)
-    for (int64_t k = 0; k < 2 * pairs; ++k)
-      for (int64_t c = 0; c < kNR; ++c) {
-        const int64_t j = p * kNR + c;
-        dst[p * panel_stride + (k / 2) * 2 * kNR + c * 2 + k % 2] =
-            j < N && k < K ? float_to_bf16(src[k * ks + j * js]) : uint16_t(0);
-      }
+  std::memset(dst, 0, sizeof(uint16_t) * panels * panel_stride);  // an odd K's last row, the columns past N
+  uint16_t* const column0 = dst;
+  auto column = [&](int64_t j) { return column0 + (j / kNR) * panel_stride + (j % kNR) * 2; };
+  if (ks == 1) {
+    // B's columns are src's rows (W^T, as the block's GEMMs use it): each is rounded in one vector
+    // call and stored a pair (32 bits) at a time. Element by element, this once-per-call pass was
+    // 0.11 ms of a 1.3 ms 192 -> 384 -> 64 layer at LR 32 batch 1 (Zen 4).
+    std::vector<uint16_t> rounded(2 * pairs, 0);
+    for (int64_t j = 0; j < N; ++j) {
+      bf16_convert().from_float(src + j * js, rounded.data(), K);
+      uint16_t* c = column(j);
+      for (int64_t q = 0; q < pairs; ++q) std::memcpy(c + q * 2 * kNR, rounded.data() + 2 * q, 2 * sizeof(uint16_t));
+    }
+  } else {
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t j = 0; j < N; ++j) column(j)[(k / 2) * 2 * kNR + k % 2] = float_to_bf16(src[k * ks + j * js]);
+  }
   return BMatrixBf16{dst, panel_stride};
 }
 
