@@ -108,59 +108,89 @@ Bf16Weights pack_bf16_weights(const Block<float>& k, std::vector<at::Tensor>& ke
   return b;
 }
 
-// Per-thread rows of one band: the hidden window (R + 2 rows) and the depthwise's output (R rows) as
-// in the float32 forward, x's rows widened (R + 2 rows), the band's float32 output, and the
-// depthwise's output rounded for the bfloat16 GEMM.
+// Per-thread rows of one band. With the bfloat16 GEMM: the expand's output (the hidden window, R + 2
+// rows) and the depthwise's (R rows), both bfloat16, and x's rows widened for the skip. With the
+// float32 GEMMs: the float32 forward's hidden window and depthwise output, x's rows widened (R + 2
+// rows) and the band's float32 output.
 struct BandScratch {
-  float *h1, *h2, *xf, *yf;
-  uint16_t* h2b;
-  BandScratch(const Dims& d, int64_t R) {
-    const int64_t row = d.row_h();
-    h1 = scratch<float>((2 * R + 2) * row + (R + 2) * d.W * d.c_in + R * d.W * d.c_out + (R * row + 1) / 2 + 16);
-    h2 = h1 + (R + 2) * row;
-    xf = h2 + R * row;
-    yf = xf + (R + 2) * d.W * d.c_in;
-    h2b = reinterpret_cast<uint16_t*>(yf + R * d.W * d.c_out);
+  float *h1 = nullptr, *h2 = nullptr, *xf = nullptr, *yf = nullptr;
+  uint16_t *h1b = nullptr, *h2b = nullptr;
+  BandScratch(const Dims& d, int64_t R, bool bf16_gemm) {
+    const int64_t row = d.row_h(), x_size = (R + 2) * d.W * d.c_in;
+    if (bf16_gemm) {
+      const int64_t hidden_size = ((2 * R + 2) * row + 31) / 32 * 32;  // whole 64-byte lines: xf stays aligned
+      h1b = scratch<uint16_t>(hidden_size + 2 * x_size);
+      h2b = h1b + (R + 2) * row;
+      xf = reinterpret_cast<float*>(h1b + hidden_size);
+    } else {
+      h1 = scratch<float>((2 * R + 2) * row + x_size + R * d.W * d.c_out);
+      h2 = h1 + (R + 2) * row;
+      xf = h2 + R * row;
+      yf = xf + x_size;
+    }
   }
 };
 
-// C (P x N) = A . B then ep, A being P pixels of bfloat16 (lda apart) and B the bfloat16 GEMM's.
-void gemm_bf16(int64_t P, int64_t N, int64_t K, const uint16_t* A, int64_t lda, const gemm::BMatrixBf16& B, float* C,
-               Epilogue<float> ep, float slope) {
-  ep.slope = slope;
 #ifdef MESRGAN_HAVE_X86_KERNELS
-  gemm::gemm_bf16_avx512(P, N, K, A, lda, B, C, N, ep);
-#else
-  TORCH_CHECK(false, "bottleneck_block: no bfloat16 GEMM in this build");
-#endif
-}
-
-// The band's depthwise + LeakyReLU from h1 (at the row above the band's first): into h2b, rounded to
-// bfloat16, for the bfloat16 GEMM; into h2 (float32) for the float32 GEMMs.
-void depthwise(const Block<float>& k, const Bf16Weights& wb, const float* h1, int64_t rows, const BandScratch& s) {
+// forward_chunk of bottleneck_forward.cpp on bfloat16 memory with the bfloat16 GEMM: the expand reads
+// x's rows in place and stores the hidden rows rounded to bfloat16, the depthwise reads those and
+// stores its output rounded, and the project reads that and stores the block's output rounded, in
+// place (a new tensor or a dense block's buffer). Each stage rounds its output as PyTorch's bfloat16
+// convolutions do. Why bfloat16 in between: half the bytes through L2 for the hidden rows, which
+// the expand writes and the depthwise reads, and no float32 output to narrow afterwards: MESRGAN-paper's
+// five dense layers at LR 32 batch 16 and LR 128 batch 1 took 91 ms where float32 hidden rows took
+// about 101 (Zen 4, 1 thread, thread CPU time).
+void forward_chunk_bf16(const Block<float>& k, const Bf16Weights& wb, const Bf16Io& io, int64_t n, int64_t r0,
+                        int64_t r1, int64_t R, const BandScratch& s) {
   const Dims& d = k.d;
-#ifdef MESRGAN_HAVE_X86_KERNELS
-  if (wb.on) return dw_forward_to_bf16_avx512(h1, k.wt, k.bd, s.h2b, rows, d.W, d.hidden, k.slope);
-#endif
-  k.fn.dw_forward(h1, k.wt, k.bd, s.h2, rows, d.W, d.hidden, k.slope);
+  const int64_t row = d.row_h();
+  const Epilogue<float> expand_ep = k.expand_epilogue();
+  // The hidden rows of image rows [lo, hi) into dst: zeros outside the image (the depthwise's padding).
+  auto expand = [&](int64_t lo, int64_t hi, uint16_t* dst) {
+    for (int64_t r = lo; r < hi; ++r)
+      if (r < 0 || r >= d.H) std::memset(dst + (r - lo) * row, 0, sizeof(uint16_t) * row);
+    const int64_t a = std::max<int64_t>(lo, 0), b = std::min(hi, d.H);
+    if (b > a)
+      gemm::gemm_bf16_avx512_to_bf16((b - a) * d.W, d.hidden, d.c_in, io.x_row(d, n, a), io.ld_x, wb.expand,
+                                     dst + (a - lo) * row, d.hidden, expand_ep);
+  };
+  int64_t base = r0 - 1;  // image row held by h1b's first row
+  for (int64_t a = r0; a < r1; a += R) {
+    const int64_t b = std::min(a + R, r1);
+    if (a == r0) {
+      expand(a - 1, b + 1, s.h1b);
+    } else {
+      std::memmove(s.h1b, s.h1b + (a - 1 - base) * row, sizeof(uint16_t) * 2 * row);
+      base = a - 1;
+      expand(a + 1, b + 1, s.h1b + 2 * row);
+    }
+    dw_forward_to_bf16_avx512(s.h1b + (a - 1 - base) * row, k.wt, k.bd, s.h2b, b - a, d.W, d.hidden, k.slope);
+    const int64_t P = (b - a) * d.W;
+    Epilogue<float> ep;
+    ep.bias = k.b2;
+    ep.slope = k.slope;
+    if (k.skip) {  // x's band rows in float32 (c_in values a pixel)
+      widen_pixels(io.x_row(d, n, a), io.ld_x, s.xf, P, d.c_in);
+      ep.add = s.xf;
+      ep.ld_add = d.c_in;
+    }
+    gemm::gemm_bf16_avx512_to_bf16(P, d.c_out, d.hidden, s.h2b, d.hidden, wb.project,
+                                   io.y + (n * d.H + a) * d.W * io.ld_y, io.ld_y, ep);
+  }
 }
+#endif
 
-// forward_chunk of bottleneck_forward.cpp on bfloat16 memory. With the bfloat16 GEMM, the expand
-// reads x's rows in place and the project reads the depthwise's output rounded to bfloat16 (one more
-// rounding than the float32 form, as oneDNN's bfloat16 convolutions round their inputs); without it
-// x's rows are widened and the float32 GEMMs run. Either way the output is rounded as it is stored.
-void forward_chunk(const Block<float>& k, const Bf16Weights& wb, const Bf16Io& io, int64_t n, int64_t r0, int64_t r1,
-                   int64_t R, const BandScratch& s) {
+// forward_chunk of bottleneck_forward.cpp on bfloat16 memory with the float32 GEMMs: x's rows are
+// widened, and the output is rounded as it is stored; in between, the float32 block's arithmetic.
+void forward_chunk_float(const Block<float>& k, const Bf16Io& io, int64_t n, int64_t r0, int64_t r1, int64_t R,
+                         const BandScratch& s) {
   const Dims& d = k.d;
   const int64_t row = d.row_h();
   auto widen_x = [&](int64_t a, int64_t b) { widen_pixels(io.x_row(d, n, a), io.ld_x, s.xf, (b - a) * d.W, d.c_in); };
   auto expand = [&](int64_t a, int64_t b, float* out) {
-    const int64_t P = (b - a) * d.W;
-    if (wb.on) return gemm_bf16(P, d.hidden, d.c_in, io.x_row(d, n, a), io.ld_x, wb.expand, out,
-                                k.expand_epilogue(), k.slope);
     widen_x(a, b);
-    k.matmul(P, d.hidden, d.c_in, s.xf, d.c_in, 1, mat(k.w1, d.hidden, d.c_in, d.c_in).t(), k.own.expand, out,
-             d.hidden, k.expand_epilogue());
+    k.matmul((b - a) * d.W, d.hidden, d.c_in, s.xf, d.c_in, 1, mat(k.w1, d.hidden, d.c_in, d.c_in).t(), k.own.expand,
+             out, d.hidden, k.expand_epilogue());
   };
   int64_t base = r0 - 1;  // image row held by h1's first row
   for (int64_t a = r0; a < r1; a += R) {
@@ -172,7 +202,7 @@ void forward_chunk(const Block<float>& k, const Bf16Weights& wb, const Bf16Io& i
       base = a - 1;
       k.rows_inside(a + 1, b + 1, s.h1 + 2 * row, expand);
     }
-    depthwise(k, wb, s.h1 + (a - 1 - base) * row, b - a, s);
+    k.fn.dw_forward(s.h1 + (a - 1 - base) * row, k.wt, k.bd, s.h2, b - a, d.W, d.hidden, k.slope);
     const int64_t P = (b - a) * d.W;
     Epilogue<float> ep;
     ep.bias = k.b2;
@@ -181,12 +211,8 @@ void forward_chunk(const Block<float>& k, const Bf16Weights& wb, const Bf16Io& i
       ep.add = s.xf;
       ep.ld_add = d.c_in;
     }
-    if (wb.on) {
-      gemm_bf16(P, d.c_out, d.hidden, s.h2b, d.hidden, wb.project, s.yf, ep, k.slope);
-    } else {
-      k.matmul(P, d.c_out, d.hidden, s.h2, d.hidden, 1, mat(k.w2, d.c_out, d.hidden, d.hidden).t(), k.own.project,
-               s.yf, d.c_out, ep);
-    }
+    k.matmul(P, d.c_out, d.hidden, s.h2, d.hidden, 1, mat(k.w2, d.c_out, d.hidden, d.hidden).t(), k.own.project, s.yf,
+             d.c_out, ep);
     narrow_pixels(s.yf, io.y + (n * d.H + a) * d.W * io.ld_y, io.ld_y, P, d.c_out);
   }
 }
@@ -205,10 +231,16 @@ void forward_into(const Nhwc& x, const at::Tensor& w1, const OptTensor& b1, cons
   const int64_t R = band_rows(d, 256);  // as the float32 forward
   const int64_t per_image = forward_chunks_per_image(d, R, at::get_num_threads());
   at::parallel_for(0, d.N * per_image, 1, [&](int64_t begin, int64_t end) {
-    const BandScratch s(d, R);
+    const BandScratch s(d, R, wb.on);
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t n = t / per_image, j = t % per_image;
-      forward_chunk(k, wb, io, n, d.H * j / per_image, d.H * (j + 1) / per_image, R, s);
+      const int64_t n = t / per_image, j = t % per_image, r0 = d.H * j / per_image, r1 = d.H * (j + 1) / per_image;
+#ifdef MESRGAN_HAVE_X86_KERNELS
+      if (wb.on) {
+        forward_chunk_bf16(k, wb, io, n, r0, r1, R, s);
+        continue;
+      }
+#endif
+      forward_chunk_float(k, io, n, r0, r1, R, s);
     }
   });
 }

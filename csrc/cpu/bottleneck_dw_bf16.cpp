@@ -10,7 +10,7 @@
 #include "cpu/bottleneck_dw_bf16.h"
 
 #ifdef MESRGAN_HAVE_X86_KERNELS
-#pragma GCC target("avx512f,avx512vl,avx512bf16,avx2,fma")
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512bf16,avx2,fma")
 #include <immintrin.h>
 
 #include <cstring>
@@ -32,9 +32,11 @@ struct Group {
   __mmask16 m;
 };
 
+// 16 bfloat16 values at p widened to float32 (a shift: bfloat16 is float32's top half).
 template <bool FULL>
-inline __m512 load(const float* p, __mmask16 m) {
-  return FULL ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(m, p);
+inline __m512 load(const uint16_t* p, __mmask16 m) {
+  const __m256i b = FULL ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)) : _mm256_maskz_loadu_epi16(m, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16));
 }
 
 // 16 floats rounded to bfloat16 at p (the group's lanes only).
@@ -54,7 +56,7 @@ inline void store_bf16(uint16_t* p, __m512 v, __mmask16 m) {
 // row dr (0: above); pixels are C floats apart. LEFT / RIGHT: the strip touches the row's left / right
 // end, where the taps that would read outside are skipped (zero padding).
 template <int PX, bool LEFT, bool RIGHT, bool FULL>
-inline void strip(const float* const (&in)[3], const Group& g, uint16_t* out, int64_t C) {
+inline void strip(const uint16_t* const (&in)[3], const Group& g, uint16_t* out, int64_t C) {
   __m512 acc[PX];
 #pragma GCC unroll 8
   for (int p = 0; p < PX; ++p) acc[p] = g.bias;
@@ -80,12 +82,12 @@ inline void strip(const float* const (&in)[3], const Group& g, uint16_t* out, in
 
 // One row of one channel group: full strips, then the pixels left over one at a time.
 template <bool FULL>
-void row(const float* const (&in)[3], const Group& g, uint16_t* out, int64_t W, int64_t C) {
+void row(const uint16_t* const (&in)[3], const Group& g, uint16_t* out, int64_t W, int64_t C) {
   int64_t w = 0;
-  auto at = [&](int64_t col, const float* (&p)[3]) {
+  auto at = [&](int64_t col, const uint16_t* (&p)[3]) {
     for (int dr = 0; dr < 3; ++dr) p[dr] = in[dr] + col * C;
   };
-  const float* p[3];
+  const uint16_t* p[3];
   for (; w + kPX <= W; w += kPX) {
     at(w, p);
     const bool left = w == 0, right = w + kPX == W;
@@ -116,7 +118,7 @@ void row(const float* const (&in)[3], const Group& g, uint16_t* out, int64_t W, 
 
 }  // namespace
 
-void dw_forward_to_bf16_avx512(const float* h1, const float* wt, const float* bias, uint16_t* h2b, int64_t rows,
+void dw_forward_to_bf16_avx512(const uint16_t* h1, const float* wt, const float* bias, uint16_t* h2b, int64_t rows,
                                int64_t W, int64_t C, float slope) {
   const int64_t row_len = W * C;
   for (int64_t c0 = 0; c0 < C; c0 += 16) {
@@ -129,7 +131,7 @@ void dw_forward_to_bf16_avx512(const float* h1, const float* wt, const float* bi
     // Down the rows with the group's registers loaded: each input row of this group (W lines of
     // 64 bytes) is read by three output rows in a row, from L1.
     for (int64_t r = 0; r < rows; ++r) {
-      const float* in[3] = {h1 + r * row_len + c0, h1 + (r + 1) * row_len + c0, h1 + (r + 2) * row_len + c0};
+      const uint16_t* in[3] = {h1 + r * row_len + c0, h1 + (r + 1) * row_len + c0, h1 + (r + 2) * row_len + c0};
       uint16_t* out = h2b + r * row_len + c0;
       if (full) {
         row<true>(in, g, out, W, C);

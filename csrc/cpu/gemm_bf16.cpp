@@ -2,7 +2,9 @@
 // gemm_avx512.cpp, but each step takes two k at once: A's pair (A[i][k], A[i][k+1]) is broadcast as
 // one 32-bit value and vdpbf16ps adds A[i][k] B[k][j] + A[i][k+1] B[k+1][j] into lane j. An odd K's
 // last step broadcasts (A[i][K-1], 0), so that it reads nothing past the row. The epilogue is
-// gemm_avx512.cpp's, in registers before the tile's one store.
+// gemm_avx512.cpp's, in registers before the tile's one store; with a bfloat16 C
+// (gemm_bf16_avx512_to_bf16) the tile is rounded there too (vcvtneps2bf16), and a last partial panel
+// is stored with AVX512BW's 16-bit lane masks (every CPU with AVX512_BF16 has AVX512BW).
 //
 // Why: on CPUs with AVX512_BF16 but no AMX (AMD Zen 4 / Zen 5) a vdpbf16ps does twice the
 // multiply-accumulates of a float32 FMA of the same width, and its operands are half the bytes.
@@ -10,6 +12,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/bf16.h"
@@ -49,7 +52,7 @@ bool use_gemm_bf16() { return std::strcmp(bf16_convert_name(), "avx512_bf16") ==
 }  // namespace mesrgan
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#pragma GCC target("avx512f,avx512bf16,avx2,fma")
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512bf16,avx2,fma")
 #include <immintrin.h>
 
 #include "cpu/gemm_avx512_epilogue.h"
@@ -64,10 +67,39 @@ constexpr int64_t kMC = 72;  // rows per L2 block of A
 
 inline __m512bh as_bh(__m512i v) { return reinterpret_cast<__m512bh&>(v); }
 
-// One MR x (16 NV) tile at C; B0 / B1 its panels (padded with zeros, so always read whole), `row` /
-// `col` its place in the whole C, nr its columns inside the matrix (FULL: all 16 NV).
+// The tile's store for a bfloat16 C: the epilogue's bias, LeakyReLU and add (gemm_avx512_epilogue.h's
+// order; accumulate and mask are not for this C), then each row rounded to nearest-even and stored at
+// half the bytes.
 template <int MR, int NV, bool FULL>
-void tile(int64_t K, const uint16_t* A, int64_t lda, const uint16_t* B0, const uint16_t* B1, float* C, int64_t ldc,
+inline void store_tile_bf16(__m512 (&acc)[MR][NV], uint16_t* C, int64_t ldc, const Epilogue<float>& ep, int64_t row,
+                            int64_t col, const __mmask16 (&m)[2]) {
+  const __m512 slope = _mm512_set1_ps(ep.slope);
+#pragma GCC unroll 12
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 2
+    for (int h = 0; h < NV; ++h) {
+      const __mmask16 mk = FULL ? __mmask16(0xFFFF) : m[h];
+      const int64_t j = col + 16 * h;
+      __m512 v = acc[r][h];
+      if (ep.bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, ep.bias + j));
+      if (ep.leaky) v = avx512::times_leaky_factor(v, v, slope);
+      if (ep.add) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, ep.add + (row + r) * ep.ld_add + j));
+      const __m256i b = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v));
+      uint16_t* c = C + r * ldc + 16 * h;
+      if (FULL) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(c), b);
+      } else {
+        _mm256_mask_storeu_epi16(c, mk, b);
+      }
+    }
+  }
+}
+
+// One MR x (16 NV) tile at C (float32 or bfloat16); B0 / B1 its panels (padded with zeros, so always
+// read whole), `row` / `col` its place in the whole C, nr its columns inside the matrix (FULL: all
+// 16 NV).
+template <typename TC, int MR, int NV, bool FULL>
+void tile(int64_t K, const uint16_t* A, int64_t lda, const uint16_t* B0, const uint16_t* B1, TC* C, int64_t ldc,
           const Epilogue<float>& ep, int64_t row, int64_t col, int64_t nr) {
   __m512 acc[MR][NV];
 #pragma GCC unroll 12
@@ -100,24 +132,29 @@ void tile(int64_t K, const uint16_t* A, int64_t lda, const uint16_t* B0, const u
     }
   }
   const __mmask16 m[2] = {avx512::lanes_below(nr), avx512::lanes_below(nr - 16)};
-  avx512::store_tile<MR, NV, FULL>(acc, C, ldc, ep, row, col, m);
-}
-
-using TileFn = void (*)(int64_t, const uint16_t*, int64_t, const uint16_t*, const uint16_t*, float*, int64_t,
-                        const Epilogue<float>&, int64_t, int64_t, int64_t);
-
-template <int NV, bool FULL, int MR = kMR>
-TileFn tile_for_rows(int64_t mr) {
-  if constexpr (MR == 1) {
-    return &tile<1, NV, FULL>;
+  if constexpr (std::is_same_v<TC, float>) {
+    avx512::store_tile<MR, NV, FULL>(acc, C, ldc, ep, row, col, m);
   } else {
-    return mr >= MR ? &tile<MR, NV, FULL> : tile_for_rows<NV, FULL, MR - 1>(mr);
+    store_tile_bf16<MR, NV, FULL>(acc, C, ldc, ep, row, col, m);
   }
 }
 
-template <int NV>
-TileFn tile_for(int64_t mr, bool full) {
-  return full ? tile_for_rows<NV, true>(mr) : tile_for_rows<NV, false>(mr);
+template <typename TC>
+using TileFn = void (*)(int64_t, const uint16_t*, int64_t, const uint16_t*, const uint16_t*, TC*, int64_t,
+                        const Epilogue<float>&, int64_t, int64_t, int64_t);
+
+template <typename TC, int NV, bool FULL, int MR = kMR>
+TileFn<TC> tile_for_rows(int64_t mr) {
+  if constexpr (MR == 1) {
+    return &tile<TC, 1, NV, FULL>;
+  } else {
+    return mr >= MR ? &tile<TC, MR, NV, FULL> : tile_for_rows<TC, NV, FULL, MR - 1>(mr);
+  }
+}
+
+template <typename TC, int NV>
+TileFn<TC> tile_for(int64_t mr, bool full) {
+  return full ? tile_for_rows<TC, NV, true>(mr) : tile_for_rows<TC, NV, false>(mr);
 }
 
 // Hints for the rows [0, rows) of A (K bfloat16 values each, lda apart), one per 64-byte line.
@@ -129,10 +166,9 @@ inline void prefetch_rows(const uint16_t* A, int64_t rows, int64_t K, int64_t ld
   }
 }
 
-}  // namespace
-
-void gemm_bf16_avx512(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda, const BMatrixBf16& B, float* C,
-                      int64_t ldc, const Epilogue<float>& ep) {
+template <typename TC>
+void gemm(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda, const BMatrixBf16& B, TC* C, int64_t ldc,
+          const Epilogue<float>& ep) {
   for (int64_t i0 = 0; i0 < M; i0 += kMC) {
     const int64_t i1 = std::min(M, i0 + kMC);
     for (int64_t j = 0; j < N; j += 2 * kNR) {
@@ -145,11 +181,23 @@ void gemm_bf16_avx512(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_
         // waiting on those misses held the expand at K = 64 to 66-70 GMAC/s (87 with the hints;
         // Zen 4, 1 thread; larger K, with more panels to hide them behind, gained little).
         if (j == 0 && i + kMC < M) prefetch_rows(A + (i + kMC) * lda, std::min<int64_t>(kMR, M - i - kMC), K, lda);
-        const TileFn fn = nr > kNR ? tile_for<2>(mr, nr == 2 * kNR) : tile_for<1>(mr, nr == kNR);
+        const TileFn<TC> fn = nr > kNR ? tile_for<TC, 2>(mr, nr == 2 * kNR) : tile_for<TC, 1>(mr, nr == kNR);
         fn(K, A + i * lda, lda, panel, panel + B.panel_stride, C + i * ldc + j, ldc, ep, i, j, nr);
       }
     }
   }
+}
+
+}  // namespace
+
+void gemm_bf16_avx512(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda, const BMatrixBf16& B, float* C,
+                      int64_t ldc, const Epilogue<float>& ep) {
+  gemm<float>(M, N, K, A, lda, B, C, ldc, ep);
+}
+
+void gemm_bf16_avx512_to_bf16(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda, const BMatrixBf16& B,
+                              uint16_t* C, int64_t ldc, const Epilogue<float>& ep) {
+  gemm<uint16_t>(M, N, K, A, lda, B, C, ldc, ep);
 }
 
 }  // namespace gemm

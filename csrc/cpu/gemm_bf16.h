@@ -29,6 +29,10 @@ BMatrixBf16 pack_b_bf16(const float* src, int64_t K, int64_t N, int64_t ks, int6
 // A's rows are lda elements apart (a pixel stride: a channel slice of a buffer reads in place).
 void gemm_bf16_avx512(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda, const BMatrixBf16& B, float* C,
                       int64_t ldc, const Epilogue<float>& ep);
+// The same with C in bfloat16, each result rounded to nearest-even after the epilogue (its
+// accumulate and mask are not supported: they read C as float32).
+void gemm_bf16_avx512_to_bf16(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda, const BMatrixBf16& B,
+                              uint16_t* C, int64_t ldc, const Epilogue<float>& ep);
 #endif
 
 // Whether the bfloat16 forward uses gemm_bf16_avx512: the CPU has AVX512_BF16 and MESRGAN_CPU_ISA
