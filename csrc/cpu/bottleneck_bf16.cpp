@@ -1,22 +1,28 @@
-// The fused block on bfloat16: float32 arithmetic (the float32 block's GEMMs and tile kernels),
-// bfloat16 in memory.
+// The fused block on bfloat16: float32 arithmetic, bfloat16 in memory.
 //
-// Forward: band by band inside the tile pipeline; the band's output is computed into float32
-// scratch and rounded to bfloat16 as it is stored, into a new tensor or into a dense block's buffer
-// (forward_out). No full-size float32 tensor exists. Two forms of the GEMMs:
-//   - CPUs with AVX512_BF16 (gemm_bf16.h, vdpbf16ps): the expand reads x's bfloat16 rows in place,
-//     the project reads the depthwise's output rounded to bfloat16; float32 accumulation.
-//   - otherwise (or MESRGAN_CPU_ISA=avx2 / base): x's rows are widened into per-thread float32
-//     scratch and the float32 GEMMs run; the result is, bit for bit, the float32 block's rounded.
-// Measured (AMD EPYC family 25 model 17, Zen 4: avx512_bf16, no AMX; 1 thread; (16, 64, 32, 32) ->
-// 128 -> 64, skip; loaded 2-core VM, medians): bf16 / fp32 block time went from 1.06x (NCHW) and
-// 1.16x (channels_last) with whole-tensor copies to 0.58x / 0.60x with vdpbf16ps; the float32-GEMM
-// form alone is about 1.05x.
+// Forward: band by band inside the tile pipeline, into a new tensor or into a dense block's buffer
+// (forward_out). No full-size float32 tensor exists. Two forms:
+//   - CPUs with AVX512_BF16 (forward_chunk_bf16): every stage reads bfloat16 and rounds its output
+//     to bfloat16 as it stores it, as PyTorch's bfloat16 convolutions do: the expand GEMM
+//     (gemm_bf16.h, vdpbf16ps) reads x's rows in place and stores the hidden rows; the depthwise
+//     (bottleneck_dw_bf16.h) reads those and stores its output; the project GEMM reads that and
+//     stores the block's output in place, the skip (x widened) added in its epilogue.
+//   - otherwise (or MESRGAN_CPU_ISA=avx2 / base; forward_chunk_float): x's rows are widened into
+//     per-thread float32 scratch and the float32 block's GEMMs and tile kernels run; the result is,
+//     bit for bit, the float32 block's rounded.
+// Measured (AMD EPYC Zen 4: avx512_bf16, no AMX; 1 thread, thread CPU time, on a loaded 2-core VM;
+// MESRGAN-paper's five dense layers at LR 32 batch 16 and LR 128 batch 1, benchmarks.bf16_block_rates;
+// vdpbf16ps peak about 116 GMAC/s, oneDNN's bfloat16 3x3 convolutions 105-115): float32 hidden rows,
+// a float32 depthwise tile kernel, a rounding pass and a narrowing pass made 111 ms (73 GMAC/s; with
+// stage timers: expand 69-97, depthwise 18-19, project 98-108); the form above takes 86-88 ms
+// (93-95 GMAC/s; expand 96-105, depthwise 35-37, project 103-112). Before the bfloat16 GEMM, bf16 / fp32 block time was 1.06x (NCHW) and
+// 1.16x (channels_last) with whole-tensor copies; 0.58x / 0.60x with its first form.
 //
 // Backward: still the correct-first form: x, grad_out and the results are converted whole, so a
 // call holds float32 copies of its activations for its duration.
 //
-// The weights are converted to float32 once per call, either way.
+// The weights are converted to float32 once per call, either way (and packed for the bfloat16 GEMM
+// once per call when it runs: 0.03-0.2 ms a call, against 0.07-0.4 ms with float32 packs as well).
 #include "cpu/bottleneck_bf16.h"
 
 #include <ATen/Parallel.h>
@@ -139,7 +145,7 @@ struct BandScratch {
 // convolutions do. Why bfloat16 in between: half the bytes through L2 for the hidden rows, which
 // the expand writes and the depthwise reads, and no float32 output to narrow afterwards: MESRGAN-paper's
 // five dense layers at LR 32 batch 16 and LR 128 batch 1 took 91 ms where float32 hidden rows took
-// about 101 (Zen 4, 1 thread, thread CPU time).
+// about 101 (Zen 4, 1 thread, thread CPU time, with stage timers).
 void forward_chunk_bf16(const Block<float>& k, const Bf16Weights& wb, const Bf16Io& io, int64_t n, int64_t r0,
                         int64_t r1, int64_t R, const BandScratch& s) {
   const Dims& d = k.d;

@@ -6,7 +6,11 @@
 // (vcvtneps2bf16) and stored at half the bytes.
 //
 // Measured (Zen 4, 1 thread, thread CPU time, MESRGAN-paper's dense layers at LR 32 batch 16 and
-// LR 128 batch 1): see the comment at the top of bottleneck_bf16.cpp.
+// LR 128 batch 1): 35-37 GMAC/s where the float32 tile kernel and its rounding pass made 18-19
+// (FMA peak about 58). Tried and left out, each 34-38 GMAC/s alone as in the block: strips of two
+// output rows (2.5 input loads an output instead of 3.75), vdpbf16ps on (column, next column) pairs
+// (6 instead of 9 multiply instructions an output), rows outer and channel groups inner; without
+// the rounding on store, 43.
 #include "cpu/bottleneck_dw_bf16.h"
 
 #ifdef MESRGAN_HAVE_X86_KERNELS
