@@ -204,11 +204,13 @@ def test_block_forward_and_gradients(case, layout):
 # float32 values, rounded once: an independent check of the band bookkeeping (halo rows, chunk edges,
 # pixel strides) at shapes whose bands do not divide H. With the bfloat16 GEMM (vdpbf16ps) the
 # expand's and the depthwise's outputs are rounded to bfloat16 as they are stored, as PyTorch's
-# bfloat16 convolutions round theirs: then within bfloat16 rounding of float64. Odd channel counts take the GEMM's odd-K step; widths 8 and 27 the bfloat16 depthwise's
-# strips of 8 pixels with both ends in one strip, and with inner strips and pixels left over.
+# bfloat16 convolutions round theirs: then within bfloat16 rounding of float64. Odd channel counts
+# take the GEMM's odd-K step; widths 4 and 27 the bfloat16 depthwise's strips of 4 pixels with both
+# ends in one strip, and with inner strips and pixels left over; hidden widths that are not a
+# multiple of 32 its last, partial group of channels.
 FORWARD_CASES = [(1, 3, 1, 1, 7, 9, False), (2, 5, 7, 9, 10, 5, True), (1, 17, 13, 1, 34, 17, True),
                  (3, 16, 37, 5, 48, 16, True), (2, 24, 70, 9, 48, 40, False), (1, 8, 300, 1, 16, 8, True),
-                 (1, 8, 70, 16, 16, 8, True), (1, 16, 5, 8, 32, 16, False), (2, 12, 6, 27, 40, 12, True)]
+                 (1, 8, 70, 16, 16, 8, True), (1, 16, 5, 4, 32, 16, False), (2, 12, 6, 27, 40, 12, True)]
 BF16_GEMM = torch.ops.mesrgan._cpu_bf16_gemm() == "avx512_bf16"
 
 

@@ -1,16 +1,19 @@
-// The depthwise of bottleneck_dw_bf16.h. One channel group of 16 (one AVX-512 register) at a time,
-// its nine weight vectors and bias held in registers while it walks down the rows; along a row,
-// strips of kPX output pixels read their kPX + 2 input columns once per row and share them across
-// the taps (3 (kPX + 2) loads for 9 kPX FMAs, against two loads an FMA in the float32 tile kernel,
-// which reloads the weights at every pixel). The result is rounded to bfloat16 in registers
-// (vcvtneps2bf16) and stored at half the bytes.
+// The depthwise of bottleneck_dw_bf16.h. One channel group of 32 (a 64-byte line of bfloat16) at a
+// time, split by parity into two float32 halves (widening without a shuffle), its weights and bias
+// held in registers while it walks down the rows; along a row, strips of kPX output pixels read each
+// input column once per row and use it at once for every output it reaches (3 (kPX + 2) loads for
+// 9 kPX FMAs a half, against two loads an FMA in the float32 tile kernel, which reloads the weights
+// at every pixel). The results are rounded to bfloat16 in registers (vcvtne2ps2bf16), put back in
+// channel order (one vpermw a line) and stored at half the bytes.
 //
 // Measured (Zen 4, 1 thread, thread CPU time, MESRGAN-paper's dense layers at LR 32 batch 16 and
-// LR 128 batch 1): 35-37 GMAC/s where the float32 tile kernel and its rounding pass made 18-19
-// (FMA peak about 58). Tried and left out, each 34-38 GMAC/s alone as in the block: strips of two
-// output rows (2.5 input loads an output instead of 3.75), vdpbf16ps on (column, next column) pairs
-// (6 instead of 9 multiply instructions an output), rows outer and channel groups inner; without
-// the rounding on store, 43.
+// LR 128 batch 1): the float32 tile kernel and its rounding pass made 18-19 GMAC/s (FMA peak about
+// 58); groups of 16 channels widened with vpmovzxwd + vpslld (one lane-crossing shuffle per load),
+// strips of 8, made 35-37 in the block and 31-39 alone; groups of 32 split by parity, strips of 4,
+// make 40-44 alone (strips of 2, 6 or 8: within 3 of that). Tried on the groups of 16 and left out,
+// each 34-38: strips of two output rows (2.5 loads an output instead of 3.75), vdpbf16ps on
+// (column, next column) pairs (6 instead of 9 multiply instructions an output), rows outer and
+// channel groups inner.
 #include "cpu/bottleneck_dw_bf16.h"
 
 #ifdef MESRGAN_HAVE_X86_KERNELS
@@ -26,62 +29,85 @@ namespace cpu {
 namespace bf16 {
 namespace {
 
-constexpr int kPX = 8;  // output pixels a strip: 8 accumulators, 10 input columns, 9 weights in registers
+constexpr int kPX = 4;  // output pixels a strip: 8 accumulators (two halves of 4), 18 weights
 
-// One channel group's operands: its weights, bias, lane mask (a last group of C % 16 channels) and
-// the LeakyReLU slope.
+// One channel group of 32 (a 64-byte line of bfloat16): its weights, bias, lane mask (a last group of
+// C % 32 channels) and the LeakyReLU slope. Its channels are split into halves by parity, which is
+// how a line of bfloat16 widens to float32 without a shuffle: the even channels are each 32-bit
+// lane's low half shifted up, the odd ones its high half with the low bits cleared.
 struct Group {
-  __m512 w[9];
-  __m512 bias, slope;
-  __mmask16 m;
+  __m512 we[9], wo[9];  // tap-major weights of the even / odd channels
+  __m512 be, bo;        // bias, even / odd
+  __m512 slope;
+  __mmask32 m;
 };
 
-// 16 bfloat16 values at p widened to float32 (a shift: bfloat16 is float32's top half).
-template <bool FULL>
-inline __m512 load(const uint16_t* p, __mmask16 m) {
-  const __m256i b = FULL ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)) : _mm256_maskz_loadu_epi16(m, p);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16));
+// Lanes [0, n) of 32.
+inline __mmask32 lanes32(int64_t n) { return n >= 32 ? ~__mmask32(0) : (__mmask32(1) << n) - 1; }
+
+// The even and odd channels of 32 float32 values at p (lanes past the group's are zero).
+inline void split_floats(const float* p, __mmask32 m, __m512& even, __m512& odd) {
+  const __m512 lo = _mm512_maskz_loadu_ps(static_cast<__mmask16>(m), p);
+  const __m512 hi = _mm512_maskz_loadu_ps(static_cast<__mmask16>(m >> 16), p + 16);
+  const __m512i idx_even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  const __m512i idx_odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+  even = _mm512_permutex2var_ps(lo, idx_even, hi);
+  odd = _mm512_permutex2var_ps(lo, idx_odd, hi);
 }
 
-// 16 floats rounded to bfloat16 at p (the group's lanes only).
+// 32 bfloat16 values at p, widened: even channels, odd channels.
 template <bool FULL>
-inline void store_bf16(uint16_t* p, __m512 v, __mmask16 m) {
-  const __m256bh b = _mm512_cvtneps_pbh(v);
+inline void load(const uint16_t* p, __mmask32 m, __m512& even, __m512& odd) {
+  const __m512i v = FULL ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi16(m, p);
+  even = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+  odd = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
+}
+
+// The even and odd channels' results rounded to bfloat16 and stored interleaved back at p.
+template <bool FULL>
+inline void store_bf16(uint16_t* p, __m512 even, __m512 odd, __mmask32 m) {
+  const __m512i both = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(odd, even));  // even in 0..15, odd in 16..31
+  const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21,
+                                       5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512i v = _mm512_permutexvar_epi16(idx, both);
   if (FULL) {
-    std::memcpy(p, &b, sizeof(b));
+    _mm512_storeu_si512(p, v);
   } else {
-    uint16_t tmp[16];
-    std::memcpy(tmp, &b, sizeof(b));
-    std::memcpy(p, tmp, sizeof(uint16_t) * __builtin_popcount(m));
+    _mm512_mask_storeu_epi16(p, m, v);
   }
 }
 
 // PX output pixels of one row and channel group. in[dr] points at the strip's first pixel in the input
-// row dr (0: above); pixels are C floats apart. LEFT / RIGHT: the strip touches the row's left / right
+// row dr (0: above); pixels are C values apart. LEFT / RIGHT: the strip touches the row's left / right
 // end, where the taps that would read outside are skipped (zero padding).
 template <int PX, bool LEFT, bool RIGHT, bool FULL>
 inline void strip(const uint16_t* const (&in)[3], const Group& g, uint16_t* out, int64_t C) {
-  __m512 acc[PX];
+  __m512 ae[PX], ao[PX];
 #pragma GCC unroll 8
-  for (int p = 0; p < PX; ++p) acc[p] = g.bias;
+  for (int p = 0; p < PX; ++p) {
+    ae[p] = g.be;
+    ao[p] = g.bo;
+  }
 #pragma GCC unroll 3
   for (int dr = 0; dr < 3; ++dr) {
-    __m512 x[PX + 2];  // input columns -1 .. PX
 #pragma GCC unroll 10
-    for (int j = 0; j < PX + 2; ++j)
-      if (!(LEFT && j == 0) && !(RIGHT && j == PX + 1)) x[j] = load<FULL>(in[dr] + (j - 1) * C, g.m);
-#pragma GCC unroll 8
-    for (int p = 0; p < PX; ++p)
+    for (int j = 0; j < PX + 2; ++j) {  // input column j - 1 of the strip, used at once by up to 3 outputs
+      if ((LEFT && j == 0) || (RIGHT && j == PX + 1)) continue;
+      __m512 xe, xo;
+      load<FULL>(in[dr] + (j - 1) * C, g.m, xe, xo);
 #pragma GCC unroll 3
       for (int dc = 0; dc < 3; ++dc) {
-        const int j = p + dc;
-        if ((LEFT && j == 0) || (RIGHT && j == PX + 1)) continue;
-        acc[p] = _mm512_fmadd_ps(x[j], g.w[dr * 3 + dc], acc[p]);
+        const int p = j - dc;
+        if (p < 0 || p >= PX) continue;
+        ae[p] = _mm512_fmadd_ps(xe, g.we[dr * 3 + dc], ae[p]);
+        ao[p] = _mm512_fmadd_ps(xo, g.wo[dr * 3 + dc], ao[p]);
       }
+    }
   }
 #pragma GCC unroll 8
   for (int p = 0; p < PX; ++p)
-    store_bf16<FULL>(out + p * C, gemm::avx512::times_leaky_factor(acc[p], acc[p], g.slope), g.m);
+    store_bf16<FULL>(out + p * C, gemm::avx512::times_leaky_factor(ae[p], ae[p], g.slope),
+                     gemm::avx512::times_leaky_factor(ao[p], ao[p], g.slope), g.m);
 }
 
 // One row of one channel group: full strips, then the pixels left over one at a time.
@@ -125,14 +151,18 @@ void row(const uint16_t* const (&in)[3], const Group& g, uint16_t* out, int64_t 
 void dw_forward_to_bf16_avx512(const uint16_t* h1, const float* wt, const float* bias, uint16_t* h2b, int64_t rows,
                                int64_t W, int64_t C, float slope) {
   const int64_t row_len = W * C;
-  for (int64_t c0 = 0; c0 < C; c0 += 16) {
+  for (int64_t c0 = 0; c0 < C; c0 += 32) {
     Group g;
-    g.m = gemm::avx512::lanes_below(C - c0);
-    for (int t = 0; t < 9; ++t) g.w[t] = _mm512_maskz_loadu_ps(g.m, wt + t * C + c0);
-    g.bias = bias ? _mm512_maskz_loadu_ps(g.m, bias + c0) : _mm512_setzero_ps();
+    g.m = lanes32(C - c0);
+    for (int t = 0; t < 9; ++t) split_floats(wt + t * C + c0, g.m, g.we[t], g.wo[t]);
+    if (bias) {
+      split_floats(bias + c0, g.m, g.be, g.bo);
+    } else {
+      g.be = g.bo = _mm512_setzero_ps();
+    }
     g.slope = _mm512_set1_ps(slope);
-    const bool full = C - c0 >= 16;
-    // Down the rows with the group's registers loaded: each input row of this group (W lines of
+    const bool full = C - c0 >= 32;
+    // Down the rows with the group's operands loaded: each input row of this group (W lines of
     // 64 bytes) is read by three output rows in a row, from L1.
     for (int64_t r = 0; r < rows; ++r) {
       const uint16_t* in[3] = {h1 + r * row_len + c0, h1 + (r + 1) * row_len + c0, h1 + (r + 2) * row_len + c0};
