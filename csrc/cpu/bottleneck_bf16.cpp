@@ -14,8 +14,8 @@
 // MESRGAN-paper's five dense layers at LR 32 batch 16 and LR 128 batch 1, benchmarks.bf16_block_rates;
 // vdpbf16ps peak about 116 GMAC/s, oneDNN's bfloat16 3x3 convolutions 105-115): float32 hidden rows,
 // a float32 depthwise tile kernel, a rounding pass and a narrowing pass made 111 ms (73 GMAC/s; with
-// stage timers: expand 69-97, depthwise 18-19, project 98-108); the form above takes 86-88 ms
-// (93-95 GMAC/s; expand 96-105, depthwise 35-37, project 103-112). Before the bfloat16 GEMM, bf16 / fp32 block time was 1.06x (NCHW) and
+// stage timers: expand 69-97, depthwise 18-19, project 98-108); the form above takes 84-86 ms
+// (about 96 GMAC/s; expand 98-110, depthwise 37-43, project 104-112). Before the bfloat16 GEMM, bf16 / fp32 block time was 1.06x (NCHW) and
 // 1.16x (channels_last) with whole-tensor copies; 0.58x / 0.60x with its first form.
 //
 // Backward: still the correct-first form: x, grad_out and the results are converted whole, so a
