@@ -211,11 +211,14 @@ def test_block_forward_and_gradients(case, layout):
 # between is the float32 block's, so the result must be, bit for bit, the float32 block's on x's
 # float32 values, rounded once: an independent check of the band bookkeeping (halo rows, chunk edges,
 # pixel strides) at shapes whose bands do not divide H. With the bfloat16 GEMM (vdpbf16ps) the
-# depthwise's output is rounded to bfloat16 before the projection: then within bfloat16 rounding of
-# float64. Odd channel counts take the GEMM's odd-K step.
+# expand's and the depthwise's outputs are rounded to bfloat16 as they are stored, as PyTorch's
+# bfloat16 convolutions round theirs: then within bfloat16 rounding of float64. Odd channel counts
+# take the GEMM's odd-K step; widths 4 and 27 the bfloat16 depthwise's strips of 4 pixels with both
+# ends in one strip, and with inner strips and pixels left over; hidden widths that are not a
+# multiple of 32 its last, partial group of channels.
 FORWARD_CASES = [(1, 3, 1, 1, 7, 9, False), (2, 5, 7, 9, 10, 5, True), (1, 17, 13, 1, 34, 17, True),
                  (3, 16, 37, 5, 48, 16, True), (2, 24, 70, 9, 48, 40, False), (1, 8, 300, 1, 16, 8, True),
-                 (1, 8, 70, 16, 16, 8, True)]
+                 (1, 8, 70, 16, 16, 8, True), (1, 16, 5, 4, 32, 16, False), (2, 12, 6, 27, 40, 12, True)]
 BF16_GEMM = torch.ops.mesrgan._cpu_bf16_gemm() == "avx512_bf16"
 
 
@@ -245,6 +248,22 @@ def test_block_forward_band_by_band(case, layout, threads):
     finally:
         torch.set_num_threads(before)
     assert y.dtype == torch.bfloat16 and y.stride() == rounded_float32_block(xb, pb, skip).stride()
+
+
+@pytest.mark.parametrize("case", [(2, 12, 6, 27, 40, 12, True), (1, 7, 5, 8, 9, 5, False)])
+def test_block_forward_without_biases(case):
+    # No bias anywhere: the epilogues and the depthwise start from zero instead of a bias vector.
+    n, c_in, h, w, hidden, c_out, skip = case
+    x, params = block_inputs(n, c_in, h, w, hidden, c_out, "channels_last", seed=5)
+    xb = x.to(torch.bfloat16)
+    pb = [None if i in (1, 3, 5) else p.to(torch.bfloat16) for i, p in enumerate(params)]
+    y = bottleneck_block(xb, *pb, skip=skip)
+    if BF16_GEMM:
+        ref = bottleneck_block(xb.double(), *[None if p is None else p.double() for p in pb], skip=skip)
+        assert assert_bf16_close(y, ref) > 0
+    else:
+        assert torch.equal(y, bottleneck_block(xb.float(), *[None if p is None else p.float() for p in pb],
+                                               skip=skip).to(torch.bfloat16))
 
 
 def test_block_forward_out_into_a_channel_slice_in_bfloat16():

@@ -383,7 +383,8 @@ def test_no_program_accepts_abbreviated_flags(module, argv, capsys):
 
 
 @pytest.mark.parametrize("module", ["mesrgan.demo", "benchmarks.report", "benchmarks.quality",
-                                    "benchmarks.profile_models", "benchmarks.peak_memory", "mesrgan.models.__main__"])
+                                    "benchmarks.profile_models", "benchmarks.peak_memory", "benchmarks.bf16_block_rates",
+                                    "mesrgan.models.__main__"])
 def test_every_other_parser_refuses_abbreviations(module):
     import importlib
     import inspect

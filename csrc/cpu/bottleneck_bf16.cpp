@@ -1,17 +1,23 @@
-// The fused block on bfloat16: float32 arithmetic (the float32 block's GEMMs and tile kernels),
-// bfloat16 in memory.
+// The fused block on bfloat16: float32 arithmetic, bfloat16 in memory.
 //
-// Forward: band by band inside the tile pipeline; the band's output is computed into float32
-// scratch and rounded to bfloat16 as it is stored, into a new tensor or into a dense block's buffer
-// (forward_out). No full-size float32 tensor exists. Two forms of the GEMMs:
-//   - CPUs with AVX512_BF16 (gemm_bf16.h, vdpbf16ps): the expand reads x's bfloat16 rows in place,
-//     the project reads the depthwise's output rounded to bfloat16; float32 accumulation.
-//   - otherwise (or MESRGAN_CPU_ISA=avx2 / base): x's rows are widened into per-thread float32
-//     scratch and the float32 GEMMs run; the result is, bit for bit, the float32 block's rounded.
-// Measured (AMD EPYC family 25 model 17, Zen 4: avx512_bf16, no AMX; 1 thread; (16, 64, 32, 32) ->
-// 128 -> 64, skip; loaded 2-core VM, medians): bf16 / fp32 block time went from 1.06x (NCHW) and
-// 1.16x (channels_last) with whole-tensor copies to 0.58x / 0.60x with vdpbf16ps; the float32-GEMM
-// form alone is about 1.05x.
+// Forward: band by band inside the tile pipeline, into a new tensor or into a dense block's buffer
+// (forward_out). No full-size float32 tensor exists. Two forms:
+//   - CPUs with AVX512_BF16 (forward_chunk_bf16): every stage reads bfloat16 and rounds its output
+//     to bfloat16 as it stores it, as PyTorch's bfloat16 convolutions do: the expand GEMM
+//     (gemm_bf16.h, vdpbf16ps) reads x's rows in place and stores the hidden rows; the depthwise
+//     (bottleneck_dw_bf16.h) reads those and stores its output; the project GEMM reads that and
+//     stores the block's output in place, the skip (x widened) added in its epilogue.
+//   - otherwise (or MESRGAN_CPU_ISA=avx2 / base; forward_chunk_float): x's rows are widened into
+//     per-thread float32 scratch and the float32 block's GEMMs and tile kernels run; the result is,
+//     bit for bit, the float32 block's rounded.
+// Measured (AMD EPYC Zen 4: avx512_bf16, no AMX; 1 thread, thread CPU time, on a loaded 2-core VM;
+// MESRGAN-paper's five dense layers at LR 32 batch 16 and LR 128 batch 1, benchmarks.bf16_block_rates;
+// vdpbf16ps peak about 116 GMAC/s, oneDNN's bfloat16 3x3 convolutions 105-115): float32 hidden rows,
+// a float32 depthwise tile kernel, a rounding pass and a narrowing pass made 111 ms (73 GMAC/s; with
+// stage timers: expand 69-97, depthwise 18-19, project 98-108); the form above takes 84-86 ms
+// (about 96 GMAC/s; expand 98-110, depthwise 37-43, project 104-112). Before the bfloat16 GEMM,
+// bf16 / fp32 block time was 1.06x (NCHW) and 1.16x (channels_last) with whole-tensor copies; 0.58x /
+// 0.60x with its first form.
 //
 // Backward (bottleneck_bf16_backward.cpp): band by band too, the float32 backward's chunks on
 // bfloat16 memory, with float32 scratch for a band's rows only; with AVX512_BF16 all five GEMMs run
@@ -20,10 +26,14 @@
 // from 1.30x its float32 time (whole-tensor copies) to 0.66x; forward + backward under autocast from
 // 0.99x (0.89x) PyTorch's bfloat16 path to 0.80x (0.63x). A whole MESRGAN-paper training step is
 // still 1.0-1.1x PyTorch's path (its layers' wide c_in make the recomputed expand GEMM weigh more),
-// so impl="auto" leaves bfloat16 training to PyTorch's path (depthwise.py, auto_picks_ours).
+// so impl="auto" leaves bfloat16 training to PyTorch's path (depthwise.py, auto_picks_ours). The
+// backward recomputes the hidden rows in float32 where the forward rounds them to bfloat16: its
+// gradients are those of the block within bfloat16 rounding, as the tests check against float64.
 //
 // What the two share (bf16 <-> float32 rows, packed weights, the GEMMs on bfloat16 rows) is in
-// bottleneck_bf16_band.h, defined here. The weights are converted to float32 once per call.
+// bottleneck_bf16_band.h, defined here. The weights are converted to float32 once per call and, when
+// the bfloat16 GEMM runs, packed for it once per call (the forward: 0.03-0.2 ms a call, against
+// 0.07-0.4 ms with float32 packs as well).
 #include "cpu/bottleneck_bf16.h"
 
 #include <ATen/Parallel.h>
@@ -31,6 +41,7 @@
 #include "cpu/bf16.h"
 #include "cpu/bottleneck_bf16_band.h"
 #include "cpu/bottleneck_block_cpu.h"
+#include "cpu/bottleneck_dw_bf16.h"
 #include "cpu/gemm_bf16.h"
 #include "depthwise_conv3x3.h"
 
@@ -108,33 +119,105 @@ struct Bf16Io {
   const uint16_t* x_row(const Dims& d, int64_t n, int64_t r) const { return x + (n * d.H + r) * d.W * ld_x; }
 };
 
-// Per-thread rows of one band: the hidden window (R + 2 rows) and the depthwise's output (R rows) as
-// in the float32 forward, x's rows widened (R + 2 rows), the band's float32 output, and the
-// depthwise's output rounded for the bfloat16 GEMM.
+// The call's float32 Block. With the bfloat16 GEMM: make_block's layout of the weights without the
+// four float32 packs it adds for our float32 GEMM, which this path never reads (on Zen 4 they were
+// about two thirds of a call's fixed cost, 0.2 ms of a 1.5 ms 192 -> 384 -> 64 layer at LR 32 batch 1).
+Block<float> float_block(const Dims& d, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& wd,
+                         const at::Tensor& bd, const at::Tensor& w2, const at::Tensor& b2, bool skip, double slope,
+                         std::vector<at::Tensor>& keep) {
+  if (!gemm::use_gemm_bf16()) return make_block<float>(d, nullptr, 0, w1, b1, wd, bd, w2, b2, skip, slope, false, keep);
+  auto dense = [](const at::Tensor& t) { return t.defined() ? t.contiguous() : t; };
+  keep = {w1.reshape({d.hidden, d.c_in}).contiguous(), wd.reshape({d.hidden, 9}).t().contiguous(),
+          w2.reshape({d.c_out, d.hidden}).contiguous(), dense(b1), dense(bd), dense(b2)};
+  auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; };
+  return Block<float>{d,           nullptr,      0,    ptr(keep[0]), ptr(keep[3]), ptr(keep[1]),
+                      nullptr,     ptr(keep[4]), ptr(keep[2]),       ptr(keep[5]), skip,
+                      static_cast<float>(slope), cpu::kernels<float>().tiles, nullptr, OwnWeights{}};
+}
+
+// Per-thread rows of one band. With the bfloat16 GEMM: the expand's output (the hidden window, R + 2
+// rows) and the depthwise's (R rows), both bfloat16, and x's rows widened for the skip. With the
+// float32 GEMMs: the float32 forward's hidden window and depthwise output, x's rows widened (R + 2
+// rows) and the band's float32 output.
 struct BandScratch {
-  float *h1, *h2, *xf, *yf;
-  uint16_t* h2b;
-  BandScratch(const Dims& d, int64_t R) {
-    const int64_t row = d.row_h();
-    h1 = scratch<float>((2 * R + 2) * row + (R + 2) * d.W * d.c_in + R * d.W * d.c_out + (R * row + 1) / 2 + 16);
-    h2 = h1 + (R + 2) * row;
-    xf = h2 + R * row;
-    yf = xf + (R + 2) * d.W * d.c_in;
-    h2b = reinterpret_cast<uint16_t*>(yf + R * d.W * d.c_out);
+  float *h1 = nullptr, *h2 = nullptr, *xf = nullptr, *yf = nullptr;
+  uint16_t *h1b = nullptr, *h2b = nullptr;
+  BandScratch(const Dims& d, int64_t R, bool bf16_gemm) {
+    const int64_t row = d.row_h(), x_size = (R + 2) * d.W * d.c_in;
+    if (bf16_gemm) {
+      const int64_t hidden_size = ((2 * R + 2) * row + 31) / 32 * 32;  // whole 64-byte lines: xf stays aligned
+      h1b = scratch<uint16_t>(hidden_size + 2 * x_size);
+      h2b = h1b + (R + 2) * row;
+      xf = reinterpret_cast<float*>(h1b + hidden_size);
+    } else {
+      h1 = scratch<float>((2 * R + 2) * row + x_size + R * d.W * d.c_out);
+      h2 = h1 + (R + 2) * row;
+      xf = h2 + R * row;
+      yf = xf + x_size;
+    }
   }
 };
 
-// forward_chunk of bottleneck_forward.cpp on bfloat16 memory. With the bfloat16 GEMM, the expand
-// reads x's rows in place and the project reads the depthwise's output rounded to bfloat16 (one more
-// rounding than the float32 form, as oneDNN's bfloat16 convolutions round their inputs); without it
-// x's rows are widened and the float32 GEMMs run. Either way the output is rounded as it is stored.
-void forward_chunk(const Block<float>& k, const Bf16Weights& wb, const Bf16Io& io, int64_t n, int64_t r0, int64_t r1,
-                   int64_t R, const BandScratch& s) {
+#ifdef MESRGAN_HAVE_X86_KERNELS
+// forward_chunk of bottleneck_forward.cpp on bfloat16 memory with the bfloat16 GEMM: the expand reads
+// x's rows in place and stores the hidden rows rounded to bfloat16, the depthwise reads those and
+// stores its output rounded, and the project reads that and stores the block's output rounded, in
+// place (a new tensor or a dense block's buffer). Each stage rounds its output as PyTorch's bfloat16
+// convolutions do. Why bfloat16 in between: half the bytes through L2 for the hidden rows, which
+// the expand writes and the depthwise reads, and no float32 output to narrow afterwards: MESRGAN-paper's
+// five dense layers at LR 32 batch 16 and LR 128 batch 1 took 91 ms where float32 hidden rows took
+// about 101 (Zen 4, 1 thread, thread CPU time, with stage timers).
+void forward_chunk_bf16(const Block<float>& k, const Bf16Weights& wb, const Bf16Io& io, int64_t n, int64_t r0,
+                        int64_t r1, int64_t R, const BandScratch& s) {
+  const Dims& d = k.d;
+  const int64_t row = d.row_h();
+  const Epilogue<float> expand_ep = k.expand_epilogue();
+  // The hidden rows of image rows [lo, hi) into dst: zeros outside the image (the depthwise's padding).
+  auto expand = [&](int64_t lo, int64_t hi, uint16_t* dst) {
+    for (int64_t r = lo; r < hi; ++r)
+      if (r < 0 || r >= d.H) std::memset(dst + (r - lo) * row, 0, sizeof(uint16_t) * row);
+    const int64_t a = std::max<int64_t>(lo, 0), b = std::min(hi, d.H);
+    if (b > a)
+      gemm::gemm_bf16_avx512_to_bf16((b - a) * d.W, d.hidden, d.c_in, io.x_row(d, n, a), io.ld_x, wb.expand,
+                                     dst + (a - lo) * row, d.hidden, expand_ep);
+  };
+  int64_t base = r0 - 1;  // image row held by h1b's first row
+  for (int64_t a = r0; a < r1; a += R) {
+    const int64_t b = std::min(a + R, r1);
+    if (a == r0) {
+      expand(a - 1, b + 1, s.h1b);
+    } else {
+      std::memmove(s.h1b, s.h1b + (a - 1 - base) * row, sizeof(uint16_t) * 2 * row);
+      base = a - 1;
+      expand(a + 1, b + 1, s.h1b + 2 * row);
+    }
+    dw_forward_to_bf16_avx512(s.h1b + (a - 1 - base) * row, k.wt, k.bd, s.h2b, b - a, d.W, d.hidden, k.slope);
+    const int64_t P = (b - a) * d.W;
+    Epilogue<float> ep;
+    ep.bias = k.b2;
+    ep.slope = k.slope;
+    if (k.skip) {  // x's band rows in float32 (c_in values a pixel)
+      widen_pixels(io.x_row(d, n, a), io.ld_x, s.xf, P, d.c_in);
+      ep.add = s.xf;
+      ep.ld_add = d.c_in;
+    }
+    gemm::gemm_bf16_avx512_to_bf16(P, d.c_out, d.hidden, s.h2b, d.hidden, wb.project,
+                                   io.y + (n * d.H + a) * d.W * io.ld_y, io.ld_y, ep);
+  }
+}
+#endif
+
+// forward_chunk of bottleneck_forward.cpp on bfloat16 memory with the float32 GEMMs: x's rows are
+// widened, and the output is rounded as it is stored; in between, the float32 block's arithmetic.
+void forward_chunk_float(const Block<float>& k, const Bf16Io& io, int64_t n, int64_t r0, int64_t r1, int64_t R,
+                         const BandScratch& s) {
   const Dims& d = k.d;
   const int64_t row = d.row_h();
   auto widen_x = [&](int64_t a, int64_t b) { widen_pixels(io.x_row(d, n, a), io.ld_x, s.xf, (b - a) * d.W, d.c_in); };
   auto expand = [&](int64_t a, int64_t b, float* out) {
-    expand_pixels(k, wb, io.x_row(d, n, a), io.ld_x, (b - a) * d.W, s.xf, out);
+    widen_x(a, b);
+    k.matmul((b - a) * d.W, d.hidden, d.c_in, s.xf, d.c_in, 1, mat(k.w1, d.hidden, d.c_in, d.c_in).t(), k.own.expand,
+             out, d.hidden, k.expand_epilogue());
   };
   int64_t base = r0 - 1;  // image row held by h1's first row
   for (int64_t a = r0; a < r1; a += R) {
@@ -155,13 +238,8 @@ void forward_chunk(const Block<float>& k, const Bf16Weights& wb, const Bf16Io& i
       ep.add = s.xf;
       ep.ld_add = d.c_in;
     }
-    if (wb.on) {
-      bf16_convert().from_float(s.h2, s.h2b, P * d.hidden);
-      gemm_bf16(P, d.c_out, d.hidden, s.h2b, d.hidden, wb.project, s.yf, ep, k.slope);
-    } else {
-      k.matmul(P, d.c_out, d.hidden, s.h2, d.hidden, 1, mat(k.w2, d.c_out, d.hidden, d.hidden).t(), k.own.project,
-               s.yf, d.c_out, ep);
-    }
+    k.matmul(P, d.c_out, d.hidden, s.h2, d.hidden, 1, mat(k.w2, d.c_out, d.hidden, d.hidden).t(), k.own.project, s.yf,
+             d.c_out, ep);
     narrow_pixels(s.yf, io.y + (n * d.H + a) * d.W * io.ld_y, io.ld_y, P, d.c_out);
   }
 }
@@ -173,18 +251,23 @@ void forward_into(const Nhwc& x, const at::Tensor& w1, const OptTensor& b1, cons
   const Dims d = dims_of(x.t, w1, w2);
   if (y.numel() == 0) return;
   std::vector<at::Tensor> keep;
-  const Block<float> k = make_block<float>(d, nullptr, 0, f32(w1), defined_or_empty(f32(b1)), f32(wd),
-                                           defined_or_empty(f32(bd)), f32(w2), defined_or_empty(f32(b2)), skip, slope,
-                                           false, keep);
+  const Block<float> k = float_block(d, f32(w1), defined_or_empty(f32(b1)), f32(wd), defined_or_empty(f32(bd)),
+                                     f32(w2), defined_or_empty(f32(b2)), skip, slope, keep);
   const Bf16Weights wb = pack_bf16_weights(k, false, keep);
   const Bf16Io io{bits(x.t), x.ld, bits_mut(y), ld_y};
   const int64_t R = band_rows(d, 256);  // as the float32 forward
   const int64_t per_image = forward_chunks_per_image(d, R, at::get_num_threads());
   at::parallel_for(0, d.N * per_image, 1, [&](int64_t begin, int64_t end) {
-    const BandScratch s(d, R);
+    const BandScratch s(d, R, wb.on);
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t n = t / per_image, j = t % per_image;
-      forward_chunk(k, wb, io, n, d.H * j / per_image, d.H * (j + 1) / per_image, R, s);
+      const int64_t n = t / per_image, j = t % per_image, r0 = d.H * j / per_image, r1 = d.H * (j + 1) / per_image;
+#ifdef MESRGAN_HAVE_X86_KERNELS
+      if (wb.on) {
+        forward_chunk_bf16(k, wb, io, n, r0, r1, R, s);
+        continue;
+      }
+#endif
+      forward_chunk_float(k, io, n, r0, r1, R, s);
     }
   });
 }

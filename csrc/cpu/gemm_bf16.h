@@ -30,7 +30,12 @@ BMatrixBf16 pack_b_bf16(const float* src, int64_t K, int64_t N, int64_t ks, int6
 void gemm_bf16_avx512(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda, const BMatrixBf16& B, float* C,
                       int64_t ldc, const Epilogue<float>& ep);
 
-// The same with A packed in pairs along K, M pairs a step: the 32-bit value Ap[q * M + i] holds
+// The same with C in bfloat16, each result rounded to nearest-even after the epilogue (its
+// accumulate and mask are not supported: they read C as float32).
+void gemm_bf16_avx512_to_bf16(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda, const BMatrixBf16& B,
+                              uint16_t* C, int64_t ldc, const Epilogue<float>& ep);
+
+// The same as gemm_bf16_avx512 with A packed in pairs along K, M pairs a step: the 32-bit value Ap[q * M + i] holds
 // (A[i][2q], A[i][2q + 1]), low half first; an odd K's last pair has a zero high half. The weight
 // gradients' form (K = a band's pixels): A = the band's bfloat16 channels (pack_pixel_pairs_bf16),
 // B = float32 rows rounded (pack_rows_b_bf16), with the reduction over pixels in vdpbf16ps's pairs.
