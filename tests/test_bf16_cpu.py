@@ -17,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from mesrgan.models import build_generator
 from mesrgan.models.blocks import BottleneckResidualBlock, DenseBlock
 from mesrgan.ops import DepthwiseConv3x3, bottleneck_block, depthwise_conv3x3
-from mesrgan.ops.bottleneck import bottleneck_block_reference
+from mesrgan.ops.bottleneck import bottleneck_block_reference, fused_bf16_training_wins
 from mesrgan.ops.depthwise import _has_kernel, kernel_dtype
 
 # Largest error seen in these tests, relative to the reference's largest magnitude, was 1.1e-2 (a
@@ -550,9 +550,10 @@ def test_autocast_training_step_reaches_float32_parameters():
         assert p.dtype == torch.float32 and p.grad is not None and p.grad.dtype == torch.float32
 
 
-def test_auto_leaves_a_differentiated_bfloat16_step_to_pytorch():
-    """impl="auto" in bfloat16: our forward where nothing will be differentiated, PyTorch's path for
-    a training step (our bfloat16 backward measured slower); the same gradients either way."""
+def test_auto_in_a_differentiated_bfloat16_step():
+    """impl="auto" in bfloat16: our forward where nothing will be differentiated; in a training step
+    ours where the block's bfloat16 GEMMs are vdpbf16ps on a CPU without AMX (measured level or faster
+    there), PyTorch's path elsewhere; the same gradients either way."""
     auto, ours = tiny_model(), tiny_model(impl="mesrgan")
     x = torch.rand(1, 3, 9, 11)
     with torch.autocast("cpu", torch.bfloat16), MesrganCalls() as mode:
@@ -562,11 +563,32 @@ def test_auto_leaves_a_differentiated_bfloat16_step_to_pytorch():
                    for name, _ in mode.calls)
         mode.calls.clear()
         auto(x).float().square().mean().backward()
-        assert mode.calls == []
+        backward_calls = [name for name, _ in mode.calls if "backward" in name]
+        assert bool(backward_calls) == fused_bf16_training_wins()
+        if not fused_bf16_training_wins():
+            assert mode.calls == []
         ours(x).float().square().mean().backward()
     for (name, a), b in zip(auto.named_parameters(), ours.parameters()):
         assert 0 < a.grad.abs().max()
         torch.testing.assert_close(a.grad, b.grad, rtol=0.1, atol=0.05 * b.grad.abs().max().item(), msg=name)
+
+
+AUTO_WITHOUT_BF16_GEMM_SCRIPT = r"""
+import torch
+from mesrgan.models.blocks import BottleneckResidualBlock
+from mesrgan.ops.bottleneck import fused_bf16_training_wins
+assert torch.ops.mesrgan._cpu_bf16_gemm() == "float32" and not fused_bf16_training_wins()
+block = BottleneckResidualBlock(4, 4)
+x = torch.randn(1, 4, 5, 5, dtype=torch.bfloat16)
+assert not block.to(torch.bfloat16).uses_fused(x)
+with torch.no_grad():
+    assert block.uses_fused(x)
+"""
+
+
+def test_auto_trains_bfloat16_on_pytorchs_path_without_the_bfloat16_gemm():
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MESRGAN_CPU_ISA": "avx2"}
+    subprocess.run([sys.executable, "-c", AUTO_WITHOUT_BF16_GEMM_SCRIPT], check=True, env=env)
 
 
 def test_autocast_depthwise_module_and_gradients():
@@ -591,7 +613,8 @@ def test_autocast_float16_on_cpu_falls_back_to_pytorch():
     with torch.autocast("cpu", torch.bfloat16):
         with torch.no_grad():
             assert _has_kernel(x) and block.uses_fused(x)
-        assert not block.uses_fused(x)  # a call to differentiate: PyTorch's path (auto_picks_ours)
+        # a call to differentiate: ours only where fused_bf16_training_wins (auto_picks_ours)
+        assert block.uses_fused(x) == fused_bf16_training_wins()
         assert not _has_kernel(x.double()) or kernel_dtype(x.double()) == torch.float64
 
 

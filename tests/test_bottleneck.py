@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from mesrgan.models import build_generator
 from mesrgan.models.blocks import BottleneckResidualBlock
 from mesrgan.ops import bottleneck_block, bottleneck_block_reference
+from mesrgan.ops.bottleneck import _cpu_has_amx, fused_bf16_training_wins
 
 OP = torch.ops.mesrgan.bottleneck_block
 OP_BWD = torch.ops.mesrgan.bottleneck_block_backward
@@ -311,8 +312,10 @@ def test_block_uses_fused_op_only_where_it_has_a_kernel():
     assert block.uses_fused(torch.randn(1, 4, 3, 3))
     with torch.no_grad():
         assert block.uses_fused(torch.randn(1, 4, 3, 3, dtype=torch.bfloat16))
-    # bfloat16 to be differentiated: auto takes PyTorch's path (our bfloat16 backward measured slower)
-    assert not block.uses_fused(torch.randn(1, 4, 3, 3, dtype=torch.bfloat16))
+    # bfloat16 to be differentiated: auto takes ours where its bfloat16 GEMMs are vdpbf16ps and the CPU
+    # has no AMX (measured level or faster in training there), PyTorch's path elsewhere
+    assert block.uses_fused(torch.randn(1, 4, 3, 3, dtype=torch.bfloat16)) == fused_bf16_training_wins()
+    assert fused_bf16_training_wins() == (torch.ops.mesrgan._cpu_bf16_gemm() == "avx512_bf16" and not _cpu_has_amx())
     assert BottleneckResidualBlock(4, 4, impl="mesrgan").uses_fused(torch.randn(1, 4, 3, 3, dtype=torch.bfloat16))
     assert not block.uses_fused(torch.randn(1, 4, 3, 3, dtype=torch.float16))
     assert not BottleneckResidualBlock(4, 4, impl="torch").uses_fused(torch.randn(1, 4, 3, 3))

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from mesrgan.models import build_generator
 from mesrgan.models.blocks import BottleneckResidualBlock, DenseBlock, conv3x3
 from mesrgan.ops import bottleneck_block_reference
+from mesrgan.ops.bottleneck import fused_bf16_training_wins
 from mesrgan.ops.dense import dense_bottleneck_stack
 
 OUT = torch.ops.mesrgan._bottleneck_block_out
@@ -265,7 +266,8 @@ def test_dense_block_uses_the_buffer_only_where_it_can():
     assert not bottleneck_dense_block(impl="torch").uses_buffer(x)
     with torch.no_grad():
         assert bottleneck_dense_block().uses_buffer(x.to(torch.bfloat16))
-    assert not bottleneck_dense_block().uses_buffer(x.to(torch.bfloat16))  # to differentiate: PyTorch's path
+    # to differentiate: ours where its bfloat16 GEMMs are vdpbf16ps, PyTorch's path elsewhere
+    assert bottleneck_dense_block().uses_buffer(x.to(torch.bfloat16)) == fused_bf16_training_wins()
     assert bottleneck_dense_block(impl="mesrgan").uses_buffer(x.to(torch.bfloat16))
     assert not bottleneck_dense_block().uses_buffer(x.to(torch.float16))
     assert not DenseBlock(8, 4, layer=conv3x3).uses_buffer(x.float())

@@ -6,6 +6,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..ops import BlockParams, DepthwiseConv3x3, bottleneck_block, has_fused_kernel
+from ..ops.bottleneck import fused_bf16_training_wins
 from ..ops.dense import dense_bottleneck_stack
 from ..ops.depthwise import IMPLS, auto_picks_ours, autocast_dtype
 from ..ops.layout import callers_format
@@ -75,9 +76,9 @@ class BottleneckResidualBlock(nn.Module):
     block as one fused op (``mesrgan.ops.bottleneck_block``: the hidden tensor is never stored at
     full size, and the backward recomputes it); elsewhere (CUDA) the depthwise step uses our op
     (``mesrgan.ops.DepthwiseConv3x3``) between PyTorch's 1×1 convolutions. ``"auto"`` leaves CPU
-    bfloat16 calls that will be differentiated to PyTorch's path, which measured faster in training
-    (``mesrgan.ops.depthwise.auto_picks_ours``). ``impl="torch"`` is
-    PyTorch's own path throughout. ``impl="triton"`` runs the whole block as the fused op written in
+    bfloat16 calls that will be differentiated to PyTorch's path on CPUs without AVX512_BF16 or with
+    AMX (``mesrgan.ops.bottleneck.fused_bf16_training_wins``). ``impl="torch"`` is PyTorch's own path
+    throughout. ``impl="triton"`` runs the whole block as the fused op written in
     Triton (``mesrgan.ops.triton_bottleneck``), for CUDA tensors (CPU tensors only under Triton's
     interpreter, ``TRITON_INTERPRET=1``); it is chosen only when asked for, never by ``"auto"``, and
     **has not yet run on a GPU** (it has passed the interpreter tests only). Parameters and
@@ -127,7 +128,7 @@ class BottleneckResidualBlock(nn.Module):
         if torch.jit.is_scripting():
             return False
         if self.impl == "auto":
-            return auto_picks_ours(x, self, has_fused_kernel)
+            return auto_picks_ours(x, self, has_fused_kernel, ours_trains_bf16=fused_bf16_training_wins())
         return self.impl == "mesrgan" and has_fused_kernel(x)
 
     def fused_args(self) -> BlockParams:

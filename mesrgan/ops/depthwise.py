@@ -164,17 +164,25 @@ def _will_differentiate(x, module):
     return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters()))
 
 
-def auto_picks_ours(x, module, has_kernel=None):
+def auto_picks_ours(x, module, has_kernel=None, ours_trains_bf16=False):
     """``impl="auto"``'s choice for ``module`` called on x: ours where we have a kernel
     (``has_kernel(x)``; default: the depthwise op's), except a CPU bfloat16 call that will be
-    differentiated. A MESRGAN-paper training step under ``torch.autocast("cpu", torch.bfloat16)``
-    took 1.4x the time of PyTorch's path when our bfloat16 backward converted whole tensors to
-    float32, and still 1.0-1.1x with the band-wise one that runs vdpbf16ps (AMD EPYC Zen 4, 1 and 2
-    threads, 2026-12-05): the fused backward recomputes the expand GEMM that PyTorch's path keeps
-    from its forward, while our bfloat16 forward is the faster one."""
+    differentiated, which takes PyTorch's path unless ``ours_trains_bf16``.
+
+    The fused block passes ``ours_trains_bf16`` where its bfloat16 backward runs vdpbf16ps on a CPU
+    without AMX (``bottleneck.fused_bf16_training_wins``): there, on an AMD EPYC Zen 4 at 2 threads
+    (2026-12-05, quiet machine, LR 32 batch 4, autocast), a MESRGAN-paper training step took
+    0.98-0.99x the time of PyTorch's path and lite's 0.82x, with a fraction of its activation memory
+    (the fused backward recomputes the hidden tensor). The depthwise op alone measured level with
+    PyTorch's path in bfloat16 training (1.05x, same machine); without AVX512_BF16 our bfloat16
+    backward runs float32 GEMMs on widened rows (slower than PyTorch's path in a rough measurement
+    with that form forced on the same machine), and on AMX CPUs PyTorch's convolutions run AMX,
+    which we have not measured against: those stay on PyTorch's path."""
     if not (has_kernel or _has_kernel)(x):
         return False
-    return not (x.device.type == "cpu" and kernel_dtype(x) == torch.bfloat16 and _will_differentiate(x, module))
+    if x.device.type == "cpu" and kernel_dtype(x) == torch.bfloat16 and _will_differentiate(x, module):
+        return ours_trains_bf16
+    return True
 
 
 class DepthwiseConv3x3(nn.Module):
