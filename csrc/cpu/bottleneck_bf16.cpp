@@ -24,11 +24,13 @@
 // vdpbf16ps (the weight gradients taking the band's pixels in pairs). Measured on the same machine
 // (1 thread, loaded VM, medians; 2 threads in brackets): the backward op on the shape above went
 // from 1.30x its float32 time (whole-tensor copies) to 0.66x; forward + backward under autocast from
-// 0.99x (0.89x) PyTorch's bfloat16 path to 0.80x (0.63x). A whole MESRGAN-paper training step is
-// still 1.0-1.1x PyTorch's path (its layers' wide c_in make the recomputed expand GEMM weigh more),
-// so impl="auto" leaves bfloat16 training to PyTorch's path (depthwise.py, auto_picks_ours). The
-// backward recomputes the hidden rows in float32 where the forward rounds them to bfloat16: its
-// gradients are those of the block within bfloat16 rounding, as the tests check against float64.
+// 0.99x (0.89x) PyTorch's bfloat16 path to 0.80x (0.63x). With the forward above, a whole
+// MESRGAN-paper training step is level with PyTorch's path (0.99-1.01x, 2 threads, quiet machine; its
+// layers' wide c_in make the recomputed expand GEMM weigh more) and lite's 0.82x, so impl="auto"
+// trains with this op where the bfloat16 GEMM runs and the CPU has no AMX (ops/bottleneck.py,
+// fused_bf16_training_wins). The backward recomputes the hidden rows in float32 where the forward
+// rounds them to bfloat16: its gradients are those of the block within bfloat16 rounding, as the
+// tests check against float64.
 //
 // What the two share (bf16 <-> float32 rows, packed weights, the GEMMs on bfloat16 rows) is in
 // bottleneck_bf16_band.h, defined here. The weights are converted to float32 once per call and, when
