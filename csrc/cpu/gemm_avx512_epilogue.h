@@ -22,6 +22,15 @@ inline __m512 times_leaky_factor(__m512 v, __m512 sign, __m512 slope) {
   return _mm512_mask_mul_ps(v, static_cast<__mmask16>(~positive), v, slope);
 }
 
+// v + bias, LeakyReLU, + add for the value at (i, j..j+15) of C: the epilogue's steps that do not
+// read C (accumulate and mask do), shared by the float32 and bfloat16 stores.
+inline __m512 bias_leaky_add(__m512 v, const Epilogue<float>& ep, int64_t i, int64_t j, __mmask16 mk, __m512 slope) {
+  if (ep.bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, ep.bias + j));
+  if (ep.leaky) v = times_leaky_factor(v, v, slope);
+  if (ep.add) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, ep.add + i * ep.ld_add + j));
+  return v;
+}
+
 // Applies the epilogue to an MR x (16 NV) tile of accumulators and stores it at C (rows ldc apart);
 // `row` / `col`: the tile's place in the whole C, for the bias and the add / mask operands; m: the
 // lane masks of its two 16-column halves (ignored when FULL).
@@ -38,9 +47,7 @@ inline void store_tile(__m512 (&acc)[MR][NV], float* C, int64_t ldc, const Epilo
       float* c = C + r * ldc + 16 * h;
       __m512 v = acc[r][h];
       if (ep.accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, c));
-      if (ep.bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, ep.bias + j));
-      if (ep.leaky) v = times_leaky_factor(v, v, slope);
-      if (ep.add) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, ep.add + (row + r) * ep.ld_add + j));
+      v = bias_leaky_add(v, ep, row + r, j, mk, slope);
       if (ep.mask) v = times_leaky_factor(v, _mm512_maskz_loadu_ps(mk, ep.mask + (row + r) * ep.ld_mask + j), slope);
       if (FULL) {
         _mm512_storeu_ps(c, v);

@@ -83,10 +83,7 @@ inline void store_tile_bf16(__m512 (&acc)[MR][NV], uint16_t* C, int64_t ldc, con
     for (int h = 0; h < NV; ++h) {
       const __mmask16 mk = FULL ? __mmask16(0xFFFF) : m[h];
       const int64_t j = col + 16 * h;
-      __m512 v = acc[r][h];
-      if (ep.bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, ep.bias + j));
-      if (ep.leaky) v = avx512::times_leaky_factor(v, v, slope);
-      if (ep.add) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, ep.add + (row + r) * ep.ld_add + j));
+      const __m512 v = avx512::bias_leaky_add(acc[r][h], ep, row + r, j, mk, slope);
       const __m256i b = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v));
       uint16_t* c = C + r * ldc + 16 * h;
       if (FULL) {
