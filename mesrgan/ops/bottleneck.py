@@ -125,7 +125,7 @@ def fused_bf16_training_wins():
     bfloat16 rows: a MESRGAN-paper autocast training step took 0.98-0.99x the time of PyTorch's path
     and lite's 0.82x (AMD EPYC Zen 4, 2 threads, LR 32 batch 4, 2026-12-05), holding no hidden
     tensor. Without AVX512_BF16 its GEMMs are float32 ones on widened rows (slower than PyTorch's
-    path), and with AMX PyTorch's convolutions run on AMX tiles (not measured against): both stay
+    path in a rough measurement with that form forced), and with AMX PyTorch's convolutions run on AMX tiles (not measured against): both stay
     on PyTorch's path."""
     return _CPU_BF16_GEMM == "avx512_bf16" and not _CPU_HAS_AMX
 
