@@ -121,22 +121,6 @@ struct Bf16Io {
   const uint16_t* x_row(const Dims& d, int64_t n, int64_t r) const { return x + (n * d.H + r) * d.W * ld_x; }
 };
 
-// The call's float32 Block. With the bfloat16 GEMM: make_block's layout of the weights without the
-// four float32 packs it adds for our float32 GEMM, which this path never reads (on Zen 4 they were
-// about two thirds of a call's fixed cost, 0.2 ms of a 1.5 ms 192 -> 384 -> 64 layer at LR 32 batch 1).
-Block<float> float_block(const Dims& d, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& wd,
-                         const at::Tensor& bd, const at::Tensor& w2, const at::Tensor& b2, bool skip, double slope,
-                         std::vector<at::Tensor>& keep) {
-  if (!gemm::use_gemm_bf16()) return make_block<float>(d, nullptr, 0, w1, b1, wd, bd, w2, b2, skip, slope, false, keep);
-  auto dense = [](const at::Tensor& t) { return t.defined() ? t.contiguous() : t; };
-  keep = {w1.reshape({d.hidden, d.c_in}).contiguous(), wd.reshape({d.hidden, 9}).t().contiguous(),
-          w2.reshape({d.c_out, d.hidden}).contiguous(), dense(b1), dense(bd), dense(b2)};
-  auto ptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; };
-  return Block<float>{d,           nullptr,      0,    ptr(keep[0]), ptr(keep[3]), ptr(keep[1]),
-                      nullptr,     ptr(keep[4]), ptr(keep[2]),       ptr(keep[5]), skip,
-                      static_cast<float>(slope), cpu::kernels<float>().tiles, nullptr, OwnWeights{}};
-}
-
 // Per-thread rows of one band. With the bfloat16 GEMM: the expand's output (the hidden window, R + 2
 // rows) and the depthwise's (R rows), both bfloat16, and x's rows widened for the skip. With the
 // float32 GEMMs: the float32 forward's hidden window and depthwise output, x's rows widened (R + 2
@@ -253,8 +237,9 @@ void forward_into(const Nhwc& x, const at::Tensor& w1, const OptTensor& b1, cons
   const Dims d = dims_of(x.t, w1, w2);
   if (y.numel() == 0) return;
   std::vector<at::Tensor> keep;
-  const Block<float> k = float_block(d, f32(w1), defined_or_empty(f32(b1)), f32(wd), defined_or_empty(f32(bd)),
-                                     f32(w2), defined_or_empty(f32(b2)), skip, slope, keep);
+  const Block<float> k = make_block<float>(d, nullptr, 0, f32(w1), defined_or_empty(f32(b1)), f32(wd),
+                                           defined_or_empty(f32(bd)), f32(w2), defined_or_empty(f32(b2)), skip, slope,
+                                           false, keep, !gemm::use_gemm_bf16());
   const Bf16Weights wb = pack_bf16_weights(k, false, keep);
   const Bf16Io io{bits(x.t), x.ld, bits_mut(y), ld_y};
   const int64_t R = band_rows(d, 256);  // as the float32 forward

@@ -211,7 +211,7 @@ void backward_partials(const Nhwc& dy, const Nhwc& x, const at::Tensor& w1, cons
   const GradLayout gl(d);
   std::vector<at::Tensor> keep;
   const Block<float> k = make_block<float>(d, nullptr, 0, f32(w1), f32(b1), f32(wd), f32(bd), f32(w2), at::Tensor(),
-                                           skip, slope, true, keep);
+                                           skip, slope, true, keep, !gemm::use_gemm_bf16());
   const Bf16Weights wb = pack_bf16_weights(k, true, keep);
   const GradIoBf16 io{bits(x.t), x.ld, bits(dy.t), dy.ld, need.x ? bits_mut(dx) : nullptr, ld_dx, accumulate};
   float* pp = part.data_ptr<float>();

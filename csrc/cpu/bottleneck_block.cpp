@@ -29,7 +29,7 @@ const at::Tensor* opt(const c10::optional<at::Tensor>& t) { return t.has_value()
 template <typename T>
 Block<T> make_block(const Dims& d, const T* x, int64_t ld_x, const at::Tensor& w1, const at::Tensor& b1,
                     const at::Tensor& wd, const at::Tensor& bd, const at::Tensor& w2, const at::Tensor& b2, bool skip,
-                    double slope, bool rotated, std::vector<at::Tensor>& keep) {
+                    double slope, bool rotated, std::vector<at::Tensor>& keep, bool pack_own_gemm) {
   keep = {w1.reshape({d.hidden, d.c_in}).contiguous(), wd.reshape({d.hidden, 9}).t().contiguous(),
           rotated ? wd.flip({2, 3}).reshape({d.hidden, 9}).t().contiguous() : at::Tensor(),
           w2.reshape({d.c_out, d.hidden}).contiguous(),
@@ -39,7 +39,7 @@ Block<T> make_block(const Dims& d, const T* x, int64_t ld_x, const at::Tensor& w
              ptr_or_null<T>(keep[2]), ptr_or_null<T>(keep[5]), keep[3].data_ptr<T>(), ptr_or_null<T>(keep[6]),
              skip, static_cast<T>(slope), cpu::kernels<T>().tiles, nullptr, OwnWeights{}};
   if constexpr (std::is_same_v<T, float>) {
-    const cpu::gemm::Kernel gemm = cpu::gemm_kernel(cpu::gemm_in_use());
+    const cpu::gemm::Kernel gemm = pack_own_gemm ? cpu::gemm_kernel(cpu::gemm_in_use()) : nullptr;
     if (gemm) {
       // Packing all four costs one pass over the weights, nothing beside the GEMMs over the pixels.
       namespace g = cpu::gemm;
@@ -95,10 +95,10 @@ void check_destination(const at::Tensor& t, const at::Tensor& x, int64_t c, cons
 
 template Block<float> make_block<float>(const Dims&, const float*, int64_t, const at::Tensor&, const at::Tensor&,
                                        const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                       bool, double, bool, std::vector<at::Tensor>&);
+                                       bool, double, bool, std::vector<at::Tensor>&, bool);
 template Block<double> make_block<double>(const Dims&, const double*, int64_t, const at::Tensor&, const at::Tensor&,
                                          const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                         bool, double, bool, std::vector<at::Tensor>&);
+                                         bool, double, bool, std::vector<at::Tensor>&, bool);
 
 }  // namespace bottleneck
 }  // namespace cpu
